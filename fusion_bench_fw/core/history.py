@@ -1,0 +1,79 @@
+"""A JSON-serialisable record of a Frank-Wolfe run: one entry per iteration."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional
+
+
+@dataclass
+class IterationRecord:
+    t: int
+    loss: float
+    task_losses: Dict[str, float]
+    grad_norm: float
+    gap: float
+    step_size: Optional[float]
+    # vertex names picked this iteration: hard -> one per block (layer-wise: counts per
+    # vertex), soft -> the k selected (task-wise) or counts (layer-wise)
+    selected: Any
+    # the LMO score of every vertex (task-wise only; layer-wise keeps selections only)
+    scores: Optional[Dict[str, float]] = None
+    inner: Optional[Dict[str, Any]] = None
+    time_grad_s: float = 0.0
+    time_lmo_s: float = 0.0
+    time_update_s: float = 0.0
+    peak_host_rss_mb: float = 0.0
+    peak_device_mb: Optional[float] = None
+
+
+@dataclass
+class RunHistory:
+    variant: str
+    config: Dict[str, Any]
+    tasks: List[str]
+    basis: List[str]
+    vertices: List[str]
+    keys: List[str]
+    seed: Optional[int] = None
+    iterations: List[IterationRecord] = field(default_factory=list)
+    final_loss: Optional[float] = None
+    stop_reason: str = ""
+    # theta = sum_i coefficients[i][p] * basis_i (per tensor p); None once TIES left the hull
+    coefficients: Optional[List[List[float]]] = None
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "RunHistory":
+        data = dict(data)
+        data["iterations"] = [IterationRecord(**r) for r in data.get("iterations", [])]
+        return cls(**data)
+
+    def save(self, path: str) -> None:
+        write_json_atomic(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str) -> "RunHistory":
+        with open(path) as f:
+            return cls.from_dict(json.load(f))
+
+
+def write_json_atomic(data: Any, path: str) -> None:
+    """Write JSON through a temporary file and a rename: readers never see half a file."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
