@@ -1,0 +1,104 @@
+"""Turn a FusionBench model pool into a streaming vertex store.
+
+Checkpoints that already sit on disk as one ``model.safetensors`` whose tensor names and
+shapes match the merged module are memory-mapped in place. Anything else (hub names
+resolved to sharded files, in-memory modules, other formats) is spilled once to a
+safetensors cache, one model in memory at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from typing import Dict, List, Mapping, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from fusion_bench_fw.core.stores import (
+    InMemoryVertexStore,
+    SafetensorsVertexStore,
+    StoreError,
+    VertexStore,
+    spill_to_safetensors,
+)
+
+log = logging.getLogger(__name__)
+
+STORE_MODES = ("auto", "safetensors", "memory")
+
+
+def local_safetensors_file(modelpool, name: str) -> Optional[str]:
+    """The single safetensors file behind a pool entry given as a local path, else None."""
+    config = modelpool._models[name] if hasattr(modelpool, "_models") else None
+    if not isinstance(config, str):
+        return None
+    if os.path.isfile(config) and config.endswith(".safetensors"):
+        return config
+    candidate = os.path.join(config, "model.safetensors")
+    return candidate if os.path.isfile(candidate) else None
+
+
+def _matches(path: str, shapes: Mapping[str, tuple]) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            names = set(f.keys())
+            return all(k in names and tuple(f.get_slice(k).get_shape()) == s for k, s in shapes.items())
+    except Exception:
+        return False
+
+
+def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> Dict[str, Tensor]:
+    model = modelpool.load_model(name)
+    state = model.state_dict()
+    return {k: state[k] for k in keys if k in state}
+
+
+def check_finite(store: VertexStore, names: Sequence[str]) -> None:
+    """Reject NaN/Inf weights before any heavy work (one streamed pass)."""
+    for name in names:
+        for key in store.keys:
+            t = store.tensor(name, key)
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise StoreError(
+                    f"checkpoint {name!r}: tensor {key!r} contains NaN or Inf values; "
+                    "remove this model from the pool or repair its weights"
+                )
+
+
+def build_vertex_store(
+    modelpool,
+    names: Sequence[str],
+    shapes: Mapping[str, tuple],
+    mode: str = "auto",
+    cache_dir: Optional[str] = None,
+) -> VertexStore:
+    """A store over ``names`` of ``modelpool`` holding the tensors ``shapes`` describes."""
+    if mode not in STORE_MODES:
+        raise ValueError(f"unknown store {mode!r}; use one of {STORE_MODES}")
+    keys = list(shapes)
+    if mode == "memory":
+        return InMemoryVertexStore({n: _state_dict_of(modelpool, n, keys) for n in names}, keys)
+
+    direct: Dict[str, str] = {}
+    to_spill: List[str] = []
+    for name in names:
+        path = local_safetensors_file(modelpool, name)
+        if path is not None and _matches(path, shapes):
+            direct[name] = path
+        else:
+            to_spill.append(name)
+    if to_spill:
+        if cache_dir is None:
+            raise ValueError("a cache_dir is needed to spill non-safetensors checkpoints to disk")
+        log.info("spilling %d checkpoint(s) to safetensors under %s: %s", len(to_spill), cache_dir, to_spill)
+        for name in to_spill:
+            config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
+            tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
+            sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
+            spilled = spill_to_safetensors([name], lambda n: _state_dict_of(modelpool, n, keys), keys, sub)
+            direct[name] = spilled.paths[name]
+    return SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)
