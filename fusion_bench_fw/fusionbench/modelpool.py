@@ -1,0 +1,149 @@
+"""A CLIP vision model pool that can declare its own task names.
+
+FusionBench looks up class names and prompt templates by *task name* in its CLIP template
+registry (``fusion_bench.tasks.clip_classification``): the CLIP task pool does it for every test
+set, and methods that build zero-shot heads (AdaMerging-style mixins, FW-Merging) do it for every
+model name, before any dataset is loaded. Only FusionBench's own datasets (mnist, svhn, ...) are
+known there. :class:`CLIPVisionModelPoolWithTasks` registers extra names from its config::
+
+    _target_: fusion_bench_fw.CLIPVisionModelPoolWithTasks
+    clip_tasks:
+      tiny_colors:
+        classnames: [red, green, blue]
+        templates: ["a photo of a {}."]     # optional; "{}" is replaced by the class name
+    models: {...}
+
+The program instantiates the model pool before the method and the task pool, so registering in
+the constructor is early enough for both. Registration is process-wide, like FusionBench's own.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, List, Mapping, Optional, Sequence
+
+from fusion_bench.modelpool import CLIPVisionModelPool
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A prompt template as FusionBench expects one (a callable: class name -> text).
+
+    A small class rather than a lambda so that templates compare equal by text and pickle.
+    """
+
+    text: str
+
+    def __call__(self, classname: str) -> str:
+        return self.text.format(classname)
+
+
+def register_clip_task(
+    name: str,
+    classnames: Sequence[str],
+    templates: Optional[Iterable[str]] = None,
+) -> None:
+    """Register (or re-register) a CLIP classification task with FusionBench's template registry.
+
+    ``templates`` are format strings with one ``{}`` for the class name; by default
+    ``"a photo of a {}."``. Re-registering identical class names and templates is a no-op;
+    replacing an existing, different entry logs a warning.
+    """
+    from fusion_bench.tasks.clip_classification import CLIPTemplateFactory
+
+    classnames = [str(c) for c in classnames]
+    templates = [PromptTemplate(str(t)) for t in (templates or DEFAULT_TEMPLATES)]
+    if not classnames:
+        raise ValueError(f"clip task {name!r}: classnames must not be empty")
+    for template in templates:
+        if "{}" not in template.text:
+            raise ValueError(f"clip task {name!r}: template {template.text!r} has no '{{}}'")
+
+    if name in CLIPTemplateFactory.get_available_datasets():
+        try:
+            old_classnames, old_templates = CLIPTemplateFactory.get_classnames_and_templates(name)
+        except Exception:  # a broken earlier entry: just replace it
+            old_classnames, old_templates = None, None
+        if list(old_classnames or []) == classnames and list(old_templates or []) == templates:
+            return
+        log.warning(f"Replacing the CLIP class names/templates registered for task {name!r}")
+
+    info = {"classnames": classnames, "templates": templates}
+    # fusion-bench 0.2.33's register_dataset stores classnames=/templates= under a misspelt key
+    # and asserts the wrong way round when only dataset_info= is given; passing all three stores
+    # `info` as is, and keeps working once that is fixed upstream.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*already registered.*")
+        CLIPTemplateFactory.register_dataset(
+            name, dataset_info=info, classnames=classnames, templates=templates
+        )
+
+
+def _plain(value: Any) -> Any:
+    """DictConfig/ListConfig -> plain Python containers (no-op for plain values)."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf comes with fusion-bench
+        pass
+    return value
+
+
+class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
+    """:class:`fusion_bench.modelpool.CLIPVisionModelPool` plus ``clip_tasks``.
+
+    Args:
+        models: as for ``CLIPVisionModelPool``.
+        clip_tasks: ``{task_name: {"classnames": [...], "templates": [...]}}``; ``templates`` is
+            optional. Each task is registered with FusionBench's CLIP template registry.
+        **kwargs: the rest of ``CLIPVisionModelPool``'s arguments (``processor``,
+            ``train_datasets``, ``test_datasets``, ``platform``, ...).
+    """
+
+    _config_mapping = CLIPVisionModelPool._config_mapping | {"_clip_tasks": "clip_tasks"}
+
+    def __init__(self, models, *, clip_tasks: Optional[Mapping[str, Mapping]] = None, **kwargs):
+        clip_tasks = _plain(clip_tasks) or {}
+        for name, spec in clip_tasks.items():
+            spec = spec or {}
+            if "classnames" not in spec:
+                raise ValueError(f"clip_tasks.{name} needs `classnames`")
+            register_clip_task(name, spec["classnames"], spec.get("templates"))
+        self._clip_tasks = clip_tasks
+        super().__init__(models, **kwargs)
+
+    @property
+    def clip_task_names(self) -> List[str]:
+        """The task names this pool registered."""
+        return list(self._clip_tasks)
+
+
+def load_local_dataset(dataset_path: str, split: Optional[str] = None, num_samples: Optional[int] = None):
+    """Load a dataset saved with ``save_to_disk`` (no hub access).
+
+    Args:
+        dataset_path: the folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
+        split: the split to take when the folder holds a ``DatasetDict``.
+        num_samples: keep only the first ``num_samples`` rows (all when None).
+    """
+    from datasets import DatasetDict, load_from_disk
+
+    dataset = load_from_disk(dataset_path)
+    if isinstance(dataset, DatasetDict):
+        if split is None:
+            raise ValueError(f"{dataset_path} holds splits {list(dataset)}; pass split=")
+        dataset = dataset[split]
+    elif split is not None:
+        log.debug(f"{dataset_path} holds a single split; ignoring split={split!r}")
+    if num_samples is not None:
+        dataset = dataset.select(range(min(int(num_samples), len(dataset))))
+    return dataset
