@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .checkpoint import check_resumable, checkpoint_exists, load_checkpoint, save_checkpoint
 from .history import IterationRecord, RunHistory
 from .lmo import GRANULARITIES, LMO_SCORES, Blocks, score_vertices, select_hard, select_per_task, select_topk
 from .merge_fns import MERGE_FNS, TIES_DISJOINT, task_arithmetic_direction, ties_direction, trim_threshold
@@ -185,6 +186,8 @@ def frank_wolfe(
     on_iteration: Optional[Callable[[IterationRecord, RunHistory], None]] = None,
     progress: bool = True,
     seed: Optional[int] = None,
+    checkpoint_path: Optional[str] = None,
+    resume: bool = False,
 ) -> FrankWolfeResult:
     """Run FW-hard or FW-soft and return the merged tensors, the history and alpha.
 
@@ -193,6 +196,9 @@ def frank_wolfe(
     theta_0 as a combination of stored checkpoints (e.g. {pretrained: 1} or task
     arithmetic {pretrained: 1 - n*lam, m_i: lam}); ``pretrained`` names theta_0 in the
     store (needed only for ``include_pretrained_vertex``). Nothing in the store is modified.
+
+    With ``checkpoint_path`` the state is saved atomically after every iteration; with
+    ``resume`` a run restarts from that file and ends exactly as an uninterrupted run.
     """
     config.validate()
     device = torch.device(device)
@@ -244,8 +250,31 @@ def frank_wolfe(
     cosine = config.lmo_score == "cosine"
     per_task_grads = config.variant == "soft" and config.soft_select == "per_task"
 
-    bar = tqdm(range(config.max_iters), desc=f"FW-{config.variant}", disable=not progress)
+    start = 0
     history.stop_reason = "max_iters"
+    if resume and checkpoint_exists(checkpoint_path):
+        saved_theta, saved_alpha, saved, rng = load_checkpoint(checkpoint_path)
+        check_resumable(saved, history, checkpoint_path)
+        theta = {k: saved_theta[k].to(device=device, dtype=dtype) for k in keys}
+        if saved_alpha is not None:
+            alpha.copy_(saved_alpha)
+        torch.set_rng_state(rng)
+        history.iterations = saved.iterations
+        start = len(saved.iterations)
+        if saved.stop_reason.startswith("gap"):
+            history.stop_reason, start = saved.stop_reason, config.max_iters
+        log.info("resuming FW-%s from %s after %d iteration(s)", config.variant, checkpoint_path, start)
+
+    def finish_iteration(record: IterationRecord) -> None:
+        history.coefficients = alpha.tolist() if track_alpha else None
+        history.iterations.append(record)
+        if checkpoint_path:
+            save_checkpoint(checkpoint_path, theta, alpha if track_alpha else None, history)
+        if on_iteration:
+            on_iteration(record, history)
+
+    bar = tqdm(range(start, config.max_iters), desc=f"FW-{config.variant}", disable=not progress,
+               initial=start, total=config.max_iters)
     for t in bar:
         t0 = time.perf_counter()
         lg = objective.loss_and_grad(theta, per_task=per_task_grads)
@@ -278,9 +307,7 @@ def frank_wolfe(
         if config.gap_tol is not None and gap <= config.gap_tol:
             history.stop_reason = f"gap {gap:.3g} <= gap_tol {config.gap_tol}"
             record.peak_host_rss_mb, record.peak_device_mb = _peak_rss_mb(), _peak_device_mb(device)
-            history.iterations.append(record)
-            if on_iteration:
-                on_iteration(record, history)
+            finish_iteration(record)
             break
 
         if config.variant == "hard":
@@ -295,14 +322,11 @@ def frank_wolfe(
         _sync(device)
         record.time_update_s = time.perf_counter() - t2
         record.peak_host_rss_mb, record.peak_device_mb = _peak_rss_mb(), _peak_device_mb(device)
-        history.coefficients = alpha.tolist() if track_alpha else None
-        history.iterations.append(record)
         bar.set_postfix(loss=f"{record.loss:.4f}", gap=f"{gap:.3g}")
         log.info(
             "FW-%s t=%d loss=%.5f gap=%.4g selected=%s", config.variant, t, record.loss, gap, record.selected
         )
-        if on_iteration:
-            on_iteration(record, history)
+        finish_iteration(record)
 
     history.final_loss = objective.loss(theta)
     history.coefficients = alpha.tolist() if track_alpha else None
