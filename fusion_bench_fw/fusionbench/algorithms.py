@@ -66,6 +66,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         cache_dir: Optional[str] = None,
         autocast: Optional[str] = None,
         history_path: Optional[str] = None,
+        checkpoint_path: Optional[str] = None,
+        resume: bool = False,
         progress: bool = True,
         **solver_kwargs,
     ):
@@ -102,6 +104,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         self.cache_dir = cache_dir
         self.autocast = autocast
         self.history_path = history_path
+        self.checkpoint_path = checkpoint_path
+        self.resume = resume
         self.progress = progress
         self.zeroshot_weights = {}
         self.history: Optional[RunHistory] = None
@@ -210,6 +214,9 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             if self.fabric.is_global_zero:
                 history.save(history_path)
 
+        checkpoint_path = self.checkpoint_path or os.path.join(out_dir, "fw_checkpoint.safetensors")
+        if self.resume and not os.path.exists(checkpoint_path):
+            log.warning("resume=true but no checkpoint at %s: starting from scratch", checkpoint_path)
         torch.manual_seed(self.seed)
         result = frank_wolfe(
             objective,
@@ -222,6 +229,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             on_iteration=save,
             progress=self.progress and self.fabric.is_global_zero,
             seed=self.seed,
+            checkpoint_path=checkpoint_path if self.fabric.is_global_zero else None,
+            resume=self.resume,
         )
         result.history.extra.update({"targets": targets, "n_per_task": self.n_per_task, "init": self.init})
         self.history = result.history
