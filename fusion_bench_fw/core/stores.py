@@ -178,6 +178,7 @@ def save_safetensors_atomic(tensors: Mapping[str, Tensor], path: str, metadata: 
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -208,3 +209,9 @@ def spill_to_safetensors(
             del state
         paths[name] = path
     return SafetensorsVertexStore(paths, keys)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -127,13 +127,23 @@ class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
         return list(self._clip_tasks)
 
 
-def load_local_dataset(dataset_path: str, split: Optional[str] = None, num_samples: Optional[int] = None):
+def load_local_dataset(
+    dataset_path: str,
+    split: Optional[str] = None,
+    num_samples: Optional[int] = None,
+    register_as: Optional[str] = None,
+    templates: Optional[Iterable[str]] = None,
+):
     """Load a dataset saved with ``save_to_disk`` (no hub access).
 
     Args:
         dataset_path: the folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``.
         split: the split to take when the folder holds a ``DatasetDict``.
         num_samples: keep only the first ``num_samples`` rows (all when None).
+        register_as: also register this CLIP task name, with the class names of the dataset's
+            ``label`` feature (a ``ClassLabel``) and ``templates``, so that a task pool can
+            evaluate it without a :class:`CLIPVisionModelPoolWithTasks`.
+        templates: prompt templates for ``register_as`` (default ``"a photo of a {}."``).
     """
     from datasets import DatasetDict, load_from_disk
 
@@ -144,6 +154,11 @@ def load_local_dataset(dataset_path: str, split: Optional[str] = None, num_sampl
         dataset = dataset[split]
     elif split is not None:
         log.debug(f"{dataset_path} holds a single split; ignoring split={split!r}")
+    if register_as is not None:
+        names = getattr(dataset.features.get("label"), "names", None)
+        if not names:
+            raise ValueError(f"{dataset_path}: register_as needs a ClassLabel `label` feature")
+        register_clip_task(register_as, names, _plain(templates))
     if num_samples is not None:
         dataset = dataset.select(range(min(int(num_samples), len(dataset))))
     return dataset
