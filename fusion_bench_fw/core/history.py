@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Optional
+
+from .atomic import atomic_path
 
 
 @dataclass
@@ -66,21 +66,6 @@ class RunHistory:
 
 def write_json_atomic(data: Any, path: str) -> None:
     """Write JSON through a temporary file and a rename: readers never see half a file."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
+    with atomic_path(path, ".json") as tmp:
+        with open(tmp, "w") as f:
             json.dump(data, f, indent=1)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

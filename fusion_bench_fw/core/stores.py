@@ -10,11 +10,12 @@ however many checkpoints the pool holds.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
+
+from .atomic import atomic_path
 
 Shape = Tuple[int, ...]
 
@@ -172,18 +173,8 @@ def save_safetensors_atomic(tensors: Mapping[str, Tensor], path: str, metadata: 
     leaves a half-written checkpoint under the final name."""
     from safetensors.torch import save_file
 
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".safetensors") as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600 files
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def spill_to_safetensors(
@@ -210,8 +201,3 @@ def spill_to_safetensors(
         paths[name] = path
     return SafetensorsVertexStore(paths, keys)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
