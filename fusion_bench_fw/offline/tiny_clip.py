@@ -538,7 +538,7 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
             accuracy[model_name] = {}
             for name, (base, _) in spec.items():
                 pred = (image_embeds(vm, projection, pixels[base]["test"]) @ heads[base].t()).argmax(-1)
-                accuracy[model_name][name] = round((pred == targets[name]["test"]).float().mean().item(), 4)
+                accuracy[model_name][name] = (pred == targets[name]["test"]).float().mean().item()
 
     for dirpath, _, filenames in os.walk(os.path.join(root, "models")):
         for fn in filenames:

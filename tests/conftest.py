@@ -1,0 +1,140 @@
+"""Shared fixtures: the tiny offline CLIP pool and a runner for the real ``fusion_bench`` CLI.
+
+Fixtures:
+    repo_root          the checkout (a folder with ./config: FusionBench's "./config trap").
+    tiny_clip_root     session-wide tiny pool (``fusion_bench_fw.offline.tiny_clip``), built once
+                       into a temporary folder; a ``pathlib.Path``.
+    tiny_clip_manifest its manifest (tasks, class names, in-process accuracies, file hashes).
+    run_fusion_bench   ``run_fusion_bench(args, cwd=None, env=None, tiny=True, timeout=...)``
+                       runs ``fusion_bench *args`` in a subprocess, offline, with outputs, logs
+                       and caches in a fresh temporary folder, and returns a ``FusionBenchRun``
+                       (``.proc``, ``.log_dir``, ``.report_path``, ``.report``,
+                       ``.accuracies()``, ``.check()``). With ``tiny=True`` the environment
+                       carries ``FUSION_BENCH_FW_TINY_ROOT`` of the session's tiny pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Optional
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# The CLI must never reach a hub: everything it needs is local.
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HYDRA_FULL_ERROR": "1",
+    "OMP_NUM_THREADS": "2",
+    "MKL_NUM_THREADS": "2",
+}
+
+
+def fusion_bench_executable() -> str:
+    """The ``fusion_bench`` console script of the running interpreter's environment."""
+    bindir = Path(sys.executable).parent
+    for name in ("fusion_bench", "fusion_bench.exe"):
+        if (bindir / name).exists():
+            return str(bindir / name)
+    found = shutil.which("fusion_bench")
+    if found is None:
+        pytest.fail("the fusion_bench CLI is not installed next to this Python")
+    return found
+
+
+@dataclass
+class FusionBenchRun:
+    proc: subprocess.CompletedProcess
+    args: list
+    cwd: Path
+    log_dir: Path
+    report_path: Optional[Path] = None
+    report: Optional[object] = field(default=None, repr=False)
+
+    @property
+    def output(self) -> str:
+        return (self.proc.stdout or "") + (self.proc.stderr or "")
+
+    def check(self) -> "FusionBenchRun":
+        """Fail the test, with the end of the CLI's output, unless the run succeeded."""
+        if self.proc.returncode != 0:
+            tail = self.output[-6000:]
+            pytest.fail(f"fusion_bench {' '.join(self.args)} (cwd {self.cwd}) exited "
+                        f"{self.proc.returncode}:\n{tail}")
+        return self
+
+    def accuracies(self) -> Dict[str, float]:
+        """``{task: accuracy}`` from the report (the ``average`` entry included)."""
+        assert isinstance(self.report, dict), f"no report dict in {self.log_dir}: {self.report!r}"
+        return {k: v["accuracy"] for k, v in self.report.items() if isinstance(v, dict) and "accuracy" in v}
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_manifest(tmp_path_factory) -> dict:
+    from fusion_bench_fw.offline.tiny_clip import build_tiny_clip_pool
+
+    root = tmp_path_factory.mktemp("tiny_clip")
+    return build_tiny_clip_pool(root)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_root(tiny_clip_manifest) -> Path:
+    return Path(tiny_clip_manifest["root"])
+
+
+@pytest.fixture
+def run_fusion_bench(request, tmp_path):
+    """See the module docstring."""
+    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
+
+    counter = [0]
+
+    def run(
+        args: Iterable[str],
+        cwd: Optional[os.PathLike] = None,
+        env: Optional[Dict[str, str]] = None,
+        tiny: bool = True,
+        timeout: float = 600,
+    ) -> FusionBenchRun:
+        counter[0] += 1
+        out = tmp_path / f"fusion_bench_run{counter[0]}"
+        log_dir = out / "log"
+        full_env = dict(os.environ)
+        full_env.update(OFFLINE_ENV)
+        full_env["FUSION_BENCH_CACHE_DIR"] = str(out / "cache")
+        full_env.pop(ENV_VAR, None)
+        if tiny:
+            full_env[ENV_VAR] = str(request.getfixturevalue("tiny_clip_root"))
+        full_env.update(env or {})
+        args = [str(a) for a in args]
+        cli_args = list(args)
+        if "--cfg" not in args and "-c" not in args and "--info" not in args:
+            cli_args += [f"path.output_dir={out / 'outputs'}", f"path.log_dir={log_dir}"]
+        cwd = Path(cwd) if cwd is not None else tmp_path
+        proc = subprocess.run(
+            [fusion_bench_executable(), *cli_args],
+            cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+        result = FusionBenchRun(proc=proc, args=cli_args, cwd=cwd, log_dir=log_dir)
+        reports = sorted(out.rglob("program_report.json")) if out.exists() else []
+        if reports:
+            result.report_path = reports[0]
+            result.report = json.loads(reports[0].read_text())
+        return result
+
+    return run

@@ -1,0 +1,81 @@
+"""The clip-vit-{b32,b16,l14}_{TA8,TA14,TA20} aliases compose FusionBench's own CLIP pools.
+
+Nothing is instantiated, so nothing is downloaded: the configs only name hub repositories.
+"""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+ARCHS = {
+    "b32": ("clip-vit-base-patch32", "openai/clip-vit-base-patch32"),
+    "b16": ("clip-vit-base-patch16", "openai/clip-vit-base-patch16"),
+    "l14": ("clip-vit-large-patch14", "openai/clip-vit-large-patch14"),
+}
+SUITES = {"TA8": ("TA8", 8), "TA14": ("TALL14", 14), "TA20": ("TALL20", 20)}
+TA8 = ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"]
+TALL14 = TA8 + ["oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100"]
+TALL20 = TALL14 + ["cifar10", "food101", "fashion_mnist", "emnist_letters", "kmnist", "rendered-sst2"]
+TASKS = {"TA8": TA8, "TA14": TALL14, "TA20": TALL20}
+
+
+def _model_id(entry):
+    """A model entry is a repo id, or a from_pretrained call naming one."""
+    if isinstance(entry, str):
+        return entry
+    return entry["pretrained_model_name_or_path"]
+
+
+@pytest.fixture(scope="module")
+def compose():
+    """Compose FusionBench's root config in-process (with this plugin's search path)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
+
+    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
+        yield lambda *overrides: hydra_compose("fabric_model_fusion", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("suite", list(SUITES))
+def test_alias_equals_fusion_bench_config(compose, arch, suite):
+    from omegaconf import OmegaConf
+
+    fb_arch, base = ARCHS[arch]
+    fb_suite, n = SUITES[suite]
+    alias = f"clip-vit-{arch}_{suite}"
+
+    mp = compose(f"modelpool={alias}", "taskpool=dummy").modelpool
+    mp_fb = compose(f"modelpool=CLIPVisionModelPool/{fb_arch}_{fb_suite}", "taskpool=dummy").modelpool
+    assert OmegaConf.to_container(mp) == OmegaConf.to_container(mp_fb)
+    assert list(mp.models) == ["_pretrained_"] + TASKS[suite]
+    assert {_model_id(mp.models[t]) for t in TASKS[suite]} == {f"tanganke/{fb_arch}_{t}" for t in TASKS[suite]}
+    assert _model_id(mp.models["_pretrained_"]) == base
+    assert list(mp.test_datasets) == TASKS[suite] and list(mp.train_datasets) == TASKS[suite]
+
+    tp = compose("modelpool=clip-vit-b32_TA8", f"taskpool={alias}").taskpool
+    fb_name = f"clip-vit-classification_TA8_{arch.upper()}" if (suite == "TA8" and arch != "b32") \
+        else f"clip-vit-classification_{fb_suite}"
+    tp_fb = compose("modelpool=clip-vit-b32_TA8", f"taskpool=CLIPVisionModelTaskPool/{fb_name}").taskpool
+    tp_fb.base_model = base  # FusionBench has no B16/L14 variant of its TALL14/20 task pools
+    assert OmegaConf.to_container(tp) == OmegaConf.to_container(tp_fb)
+    assert list(tp.test_datasets) == TASKS[suite]
+    assert tp.base_model == base
+    resolved = OmegaConf.to_container(tp, resolve=True)
+    assert resolved["clip_model"]["pretrained_model_name_or_path"] == base
+
+
+def test_cli_resolves_b32_ta20_without_downloading(run_fusion_bench, tmp_path):
+    run = run_fusion_bench(
+        ["--cfg", "job", "method=task_arithmetic", "modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA20"],
+        cwd=tmp_path, tiny=False,
+    ).check()
+    cfg = yaml.safe_load(run.proc.stdout)
+    models = cfg["modelpool"]["models"]
+    assert models.pop("_pretrained_") == "openai/clip-vit-base-patch32"
+    assert models == {t: f"tanganke/clip-vit-base-patch32_{t}" for t in TALL20}
+    assert list(cfg["taskpool"]["test_datasets"]) == TALL20
+    assert cfg["taskpool"]["base_model"] == "openai/clip-vit-base-patch32"
+    assert cfg["method"]["_target_"] == "fusion_bench.method.TaskArithmeticAlgorithm"
