@@ -32,11 +32,16 @@ def test_entry_points_name_the_algorithms():
 def test_pyproject_lists_every_package():
     tomllib = pytest.importorskip("tomllib")
     listed = set(tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    found = {"fusion_bench_fw.config", "hydra_plugins"}
+    found = {"hydra_plugins"}
     for top in ("fusion_bench_fw", "hydra_plugins"):
         for init in (REPO_ROOT / top).rglob("__init__.py"):
             found.add(".".join(init.parent.relative_to(REPO_ROOT).parts))
+    # the repo-root config/ ships as fusion_bench_fw.config, each config group a (data) package
+    for group in {p.parent for p in (REPO_ROOT / "config").rglob("*.yaml")} | {REPO_ROOT / "config"}:
+        found.add(".".join(("fusion_bench_fw", *group.relative_to(REPO_ROOT).parts)))
     assert listed == found
+    package_data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert {name for name in found if name.startswith("fusion_bench_fw.config")} == set(package_data)
     assert not (REPO_ROOT / "hydra_plugins" / "__init__.py").exists()  # must stay a namespace
 
 
