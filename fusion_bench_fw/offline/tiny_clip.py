@@ -5,9 +5,9 @@ pool need, with no hub access:
 
 * ``ROOT/models/_pretrained_``: a tiny ``transformers.CLIPModel`` (text tower included; hidden
   size 32, 2 layers, 32x32 images, 8x8 patches) with a character-level ``CLIPTokenizer`` built
-  in code and a ``CLIPProcessor``. It is pre-trained briefly, contrastively, on the captions
-  ``"a photo of a {classname}."`` of a mixture of the tasks, so its zero-shot heads are
-  informative but far from perfect.
+  in code and a ``CLIPProcessor``. It is pre-trained contrastively (negatives: the other
+  captions and images of the same task) on the captions ``"a photo of a {classname}."`` of a
+  generated corpus of all tasks in their plain style, so its zero-shot heads work.
 * ``ROOT/models/<task>``: one ``CLIPVisionModel`` per task, the pre-trained vision tower
   fine-tuned with cross-entropy against the frozen zero-shot head of that task (as in Task
   Arithmetic); saved with ``save_pretrained`` (safetensors).
@@ -20,8 +20,11 @@ pool need, with no hub access:
   matches the requested parameters is skipped.
 
 Default tasks (all learnable from one simple visual cue): ``tiny_colors`` (colour of a
-rectangle), ``tiny_stripes`` (stripe orientation), ``tiny_quadrants`` (where a blob is) and
-``tiny_sizes`` (how large a square is).
+rectangle), ``tiny_stripes`` (stripe orientation), ``tiny_quadrants`` (where a square is) and
+``tiny_sizes`` (how large a square is). 64 train and 32 test images each; 75% of them are drawn
+in a "shifted" style pre-training never saw (bright ground, inverted contrast, wide stripes), so
+on the default build the pre-trained model scores 0.31-0.69 and each fine-tuned model 0.88-1.0
+on its own task (``manifest["accuracy"]``). About 7 s on 2 CPU threads, 2.2 MB on disk.
 
 Use::
 
@@ -237,6 +240,7 @@ def make_clip_model(processor, seed: int):
 
 def text_head(clip_model, processor, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES):
     """Zero-shot head, computed as FusionBench's HFCLIPClassifier does (normalised template mean)."""
+    import torch
     import torch.nn.functional as F
 
     rows = []
@@ -244,8 +248,6 @@ def text_head(clip_model, processor, classnames: Sequence[str], templates: Seque
         inputs = processor(text=[t.format(c) for t in templates], return_tensors="pt", padding=True)
         emb = clip_model.text_projection(clip_model.text_model(**inputs)[1])
         rows.append(F.normalize(F.normalize(emb, dim=-1).mean(0), dim=-1))
-    import torch
-
     return torch.stack(rows)
 
 
