@@ -66,14 +66,23 @@ def test_other_parameters_rebuild(tmp_path):
         tiny_clip.build_tiny_clip_pool(tmp_path, tasks=["mnist"])
 
 
-def test_finetuned_models_beat_pretrained_on_their_own_task(tiny_clip_root, tiny_clip_manifest):
+@pytest.fixture
+def one_torch_thread():
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def test_finetuned_models_beat_pretrained_on_their_own_task(tiny_clip_root, tiny_clip_manifest, one_torch_thread):
     """Evaluated independently of the builder, with FusionBench's own zero-shot classifier."""
     import torch
     from datasets import load_from_disk
     from fusion_bench.models.hf_clip import HFCLIPClassifier
     from transformers import CLIPModel, CLIPProcessor, CLIPVisionModel
 
-    torch.set_num_threads(2)
     pre_dir = str(tiny_clip_root / "models" / "_pretrained_")
     processor = CLIPProcessor.from_pretrained(pre_dir)
     clip = CLIPModel.from_pretrained(pre_dir).eval()

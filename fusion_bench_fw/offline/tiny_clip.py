@@ -23,8 +23,8 @@ Default tasks (all learnable from one simple visual cue): ``tiny_colors`` (colou
 rectangle), ``tiny_stripes`` (stripe orientation), ``tiny_quadrants`` (where a square is) and
 ``tiny_sizes`` (how large a square is). 64 train and 32 test images each; 75% of them are drawn
 in a "shifted" style pre-training never saw (bright ground, inverted contrast, wide stripes), so
-on the default build the pre-trained model scores 0.31-0.69 and each fine-tuned model 0.88-1.0
-on its own task (``manifest["accuracy"]``). About 7 s on 2 CPU threads, 2.2 MB on disk.
+on the default build the pre-trained model scores 0.25-0.72 and each fine-tuned model 0.84-1.0
+on its own task (``manifest["accuracy"]``). About 7 s, 2.2 MB on disk.
 
 Use::
 
@@ -315,7 +315,9 @@ class BuildParams:
         pretrain_steps / pretrain_lr: contrastive pre-training of the whole CLIP.
         finetune_steps / finetune_lr: fine-tuning of each vision tower.
         batch_size: images per optimiser step.
-        threads: torch threads during the build; the exact weights depend on it.
+        threads: torch threads during the build (restored afterwards). The exact weights depend
+            on it; one thread is about as fast for models this small, and far faster when
+            other jobs share the cores (two threads then spin-wait on each other).
     """
 
     tasks: Tuple[str, ...] = DEFAULT_TASKS
@@ -330,7 +332,7 @@ class BuildParams:
     finetune_steps: int = 60
     finetune_lr: float = 1e-3
     batch_size: int = 64
-    threads: Optional[int] = 2
+    threads: Optional[int] = 1
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
