@@ -1,0 +1,185 @@
+"""Shared helpers of the benchmark scripts: run the real ``fusion_bench`` CLI in a subprocess,
+offline, and read back its ``program_report.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HYDRA_FULL_ERROR": "1",
+}
+
+# The real protocol: FusionBench's ViT-B/32 pools, through the plugin's aliases.
+HUB_TASKS = {
+    "TA8": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"],
+    "TA14": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd",
+             "oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100"],
+    "TA20": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd",
+             "oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100",
+             "cifar10", "food101", "fashion_mnist", "emnist_letters", "kmnist", "rendered-sst2"],
+}
+
+CUDA_PATTERNS = (
+    "Torch not compiled with CUDA enabled",
+    "Found no NVIDIA driver",
+    "CUDA driver",
+    "No CUDA GPUs are available",
+    "cuda is not available",
+)
+
+
+def fusion_bench_executable() -> str:
+    bindir = Path(sys.executable).parent
+    exe = bindir / "fusion_bench"
+    if exe.exists():
+        return str(exe)
+    found = shutil.which("fusion_bench")
+    if not found:
+        raise SystemExit("the fusion_bench CLI is not installed next to this Python")
+    return found
+
+
+@dataclass
+class RunResult:
+    label: str
+    args: List[str]
+    status: str  # ok | needs CUDA | failed
+    seconds: float
+    accuracy: Dict[str, float] = field(default_factory=dict)  # task -> accuracy in [0, 1]
+    average: Optional[float] = None
+    error: Optional[str] = None
+    log_dir: Optional[str] = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _error_line(output: str) -> str:
+    lines = [l.strip() for l in output.splitlines() if l.strip()]
+    for l in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", l) or "Error:" in l:
+            return l[:300]
+    return (lines[-1] if lines else "no output")[:300]
+
+
+def run_fusion_bench(
+    label: str,
+    args: Sequence[str],
+    out_dir: Path,
+    env: Optional[Dict[str, str]] = None,
+    threads: int = 2,
+    timeout: float = 3600,
+    verbose: bool = True,
+    reuse: bool = False,
+) -> RunResult:
+    """Run ``fusion_bench *args`` with outputs, logs and caches under ``out_dir``.
+
+    The working directory is ``out_dir`` (never the checkout: its ``./config`` would hide
+    FusionBench's own configs). A fresh cache directory per run keeps FusionBench's joblib
+    zero-shot-head cache (keyed on model paths) from serving heads of an older build.
+    """
+    out_dir = Path(out_dir).resolve()
+    cli = [str(a) for a in args] + [f"path.output_dir={out_dir / 'outputs'}", f"path.log_dir={out_dir / 'log'}"]
+    if reuse and (out_dir / "run.json").is_file():
+        done = json.loads((out_dir / "run.json").read_text())
+        if done.get("args") == cli and done.get("rc") == 0:
+            result = _result(label, cli, out_dir, (out_dir / "cli_output.txt").read_text(), 0, done["seconds"])
+            if verbose:
+                print(f"  {label:<28} (reused {out_dir})", flush=True)
+            return result
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    full_env = dict(os.environ)
+    full_env.update(OFFLINE_ENV)
+    full_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+    full_env["FUSION_BENCH_CACHE_DIR"] = str(out_dir / "cache")
+    full_env.update(env or {})
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            [fusion_bench_executable(), *cli], cwd=out_dir, env=full_env, capture_output=True, text=True, timeout=timeout
+        )
+        output, rc = (proc.stdout or "") + (proc.stderr or ""), proc.returncode
+    except subprocess.TimeoutExpired as e:
+        output, rc = f"{e}\nTimeoutError: no result after {timeout}s", -1
+    seconds = round(time.perf_counter() - t0, 1)
+    (out_dir / "cli_output.txt").write_text(output)
+    (out_dir / "run.json").write_text(json.dumps({"args": cli, "rc": rc, "seconds": seconds}))
+    result = _result(label, cli, out_dir, output, rc, seconds)
+    if verbose:
+        shown = f"avg {100 * result.average:.1f}" if result.average is not None else f"{result.status}: {result.error}"
+        print(f"  {label:<28} {seconds:7.1f}s  {shown}", flush=True)
+    return result
+
+
+def _accuracies(report) -> Dict[str, float]:
+    """``{task: accuracy}`` of a report; a report that nests several evaluated models
+    (Surgery: ``{"adamerging": {...}, "surgery": {...}}``) gives its last one."""
+    acc = {k: float(v["accuracy"]) for k, v in report.items() if isinstance(v, dict) and "accuracy" in v}
+    if acc:
+        return acc
+    nested = [v for v in report.values() if isinstance(v, dict) and _accuracies(v)]
+    return _accuracies(nested[-1]) if nested else {}
+
+
+def _result(label: str, cli: List[str], out_dir: Path, output: str, rc: int, seconds: float) -> RunResult:
+    result = RunResult(label=label, args=cli, status="ok", seconds=seconds, log_dir=str(out_dir / "log"))
+    reports = sorted(out_dir.rglob("program_report.json"))
+    if rc != 0 or not reports:
+        cuda = any(p.lower() in output.lower() for p in CUDA_PATTERNS)
+        result.status = "needs CUDA" if cuda else "failed"
+        result.error = _error_line(output) if rc != 0 else "no program_report.json"
+    else:
+        acc = _accuracies(json.loads(reports[0].read_text()))
+        result.average = acc.pop("average", None)
+        result.accuracy = acc
+        if not acc:
+            result.status, result.error = "failed", "no accuracies in program_report.json"
+        elif result.average is None:
+            result.average = sum(acc.values()) / len(acc)
+    return result
+
+
+def quote(value: str) -> str:
+    """A Hydra override value that is a plain string whatever it contains."""
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def drop_models(names: Sequence[str], datasets: bool = True) -> List[str]:
+    """Hydra overrides removing models (and their data sets) from the composed model pool."""
+    out = []
+    for n in names:
+        out.append(f"~modelpool.models.{n}")
+        out.append(f"~modelpool.clip_tasks.{n}")
+        if datasets:
+            out.append(f"~modelpool.test_datasets.{n}")
+    return out
+
+
+def check_threads(threads: int):
+    try:
+        load = os.getloadavg()[0]
+    except OSError:
+        return
+    cores = os.cpu_count() or 1
+    if load > cores:
+        print(f"note: load average {load:.1f} on {cores} cores; timings will be inflated", file=sys.stderr)
+
+
+def fmt(x: Optional[float]) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"

@@ -1,0 +1,238 @@
+#!/usr/bin/env python
+"""Leaderboard: FusionBench's baselines and FW-Merging side by side, through the ``fusion_bench`` CLI.
+
+Default: the embedded offline mini benchmark (``modelpool=mini_TA8 taskpool=mini_TA8``), built
+first if needed (``python -m fusion_bench_fw.offline.minibench build``). ``--hub TA8|TA14|TA20``
+runs the real protocol instead (FusionBench's ViT-B/32 pools and datasets; needs a hub or a
+local mirror, and a GPU for reasonable times).
+
+Every row is one ``fusion_bench`` run in a subprocess; its ``program_report.json`` gives the
+per-task accuracies. Methods that cannot run here are listed with their status ("needs CUDA",
+or "failed: <error>"), never dropped. Outputs in ``--out``: ``leaderboard.md``,
+``leaderboard.json``, ``leaderboard.png`` and each run's folder (``runs/<method>/``: logs,
+report, the CLI's full output).
+
+    python benchmarks/leaderboard.py                  # offline mini benchmark, full settings
+    python benchmarks/leaderboard.py --quick          # CI: small build, few steps
+    python benchmarks/leaderboard.py --hub TA8        # the real protocol (hub + GPU)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HUB_TASKS, RunResult, check_threads, drop_models, fmt, quote, run_fusion_bench  # noqa: E402
+
+# (row, group, CLI method args); group "individual" is expanded per task
+# mini-benchmark defaults: FW keeps 10 iterations and 100 samples per task; FW-soft uses 30 inner
+# steps instead of 100 (the inner loss flattens by then, and each step is a pass over all samples)
+FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, n_per_task=100)
+QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, n_per_task=32)
+ALL_METHODS = (
+    "pretrained", "individual", "simple_average", "task_arithmetic", "ties_merging",
+    "adamerging_task_wise", "adamerging_layer_wise", "surgery", "fusionbench_fw_soft",
+    "fusionbench_fw_hard", "fw_hard", "fw_soft",
+)
+
+
+def method_args(name: str, s: dict, run_dir: Path, device_args: List[str]) -> List[str]:
+    ada_common = [
+        f"method.max_steps={s['ada_steps']}", "method.num_workers=0", "method.batch_size=16",
+        f"method.cache_dir={quote(run_dir)}", "method.save_merging_weights=merging_weights.pt",
+    ]
+    fw_common = [f"method.max_iters={s['fw_iters']}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    return {
+        "pretrained": ["method=dummy"],
+        "simple_average": ["method=simple_average"],
+        "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
+        "ties_merging": ["method=ties_merging", "method.scaling_factor=0.3", "method.threshold=20"],
+        "adamerging_task_wise": ["method=adamerging/clip", "method.name=clip_task_wise_adamerging", *ada_common],
+        "adamerging_layer_wise": ["method=adamerging/clip", "method.name=clip_layer_wise_adamerging", *ada_common],
+        "surgery": [
+            "method=surgery/adamerging_surgery", *ada_common,
+            f"method.surgery_steps={s['surgery_steps']}", f"method.eval_iterations={max(1, s['surgery_steps'] // 2)}",
+        ],
+        # FusionBench's in-tree FW (hard-codes .cuda()); init_weight=base as its yaml default crashes
+        "fusionbench_fw_soft": [
+            "method=fw_merging/fw_soft", "method.init_weight=base", f"method.max_iters={s['fw_iters']}",
+            f"method.ada_iters={s['fw_inner']}", f"method.dataset_size={s['n_per_task']}",
+        ],
+        "fusionbench_fw_hard": [
+            "method=fw_merging/fw_hard", "method.init_weight=base", f"method.max_iters={s['fw_iters']}",
+            f"method.dataset_size={s['n_per_task']}",
+        ],
+        "fw_hard": ["method=fw_hard", *fw_common],
+        "fw_soft": ["method=fw_soft", *fw_common, f"method.inner_steps={s['fw_inner']}"],
+    }[name] + device_args
+
+
+def run_leaderboard(
+    out: Path,
+    pools: Tuple[str, str],
+    tasks: List[str],
+    settings: dict,
+    methods=ALL_METHODS,
+    env: Optional[Dict[str, str]] = None,
+    device_args: Optional[List[str]] = None,
+    threads: int = 1,
+    drop_tasks: Optional[List[str]] = None,
+    reuse: bool = False,
+) -> dict:
+    """``drop_tasks``: tasks of the pools left out (their models and data sets)."""
+    modelpool, taskpool = pools
+    device_args = device_args or []
+    base = [f"modelpool={modelpool}", f"taskpool={taskpool}"]
+    for t in drop_tasks or []:
+        base += [*drop_models([t]), f"~modelpool.train_datasets.{t}", f"~taskpool.test_datasets.{t}"]
+    rows: List[dict] = []
+    for name in methods:
+        if name == "individual":
+            per_task, secs, statuses = {}, 0.0, set()
+            for t in tasks:
+                others = [f"~taskpool.test_datasets.{o}" for o in tasks if o != t]
+                # the task's fine-tuned model takes the pretrained slot; method=dummy returns it
+                r = run_fusion_bench(
+                    f"individual/{t}",
+                    [*base, "method=dummy", f"modelpool.models._pretrained_=${{modelpool.models.{t}}}", *others, *device_args],
+                    out / "runs" / "individual" / t, env=env, threads=threads, reuse=reuse,
+                )
+                secs += r.seconds
+                statuses.add(r.status)
+                if r.status == "ok":
+                    per_task[t] = r.accuracy.get(t)
+            ok = statuses == {"ok"}
+            avg = sum(per_task.values()) / len(per_task) if ok else None
+            rows.append(dict(method="individual", status="ok" if ok else "/".join(sorted(statuses)),
+                             accuracy=per_task, average=avg, seconds=round(secs, 1), error=None))
+            continue
+        r: RunResult = run_fusion_bench(name, [*base, *method_args(name, settings, out / "runs" / name, device_args)],
+                                        out / "runs" / name, env=env, threads=threads, reuse=reuse)
+        rows.append(dict(method=name, status=r.status, accuracy=r.accuracy, average=r.average, seconds=r.seconds, error=r.error))
+    ind = next((r for r in rows if r["method"] == "individual" and r["status"] == "ok"), None)
+    for r in rows:  # normalised accuracy: merged / individual fine-tuned, averaged over tasks
+        if ind and r["status"] == "ok" and all(t in r["accuracy"] for t in tasks):
+            r["normalized"] = sum(r["accuracy"][t] / ind["accuracy"][t] for t in tasks) / len(tasks)
+        else:
+            r["normalized"] = None
+    return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
+
+
+def to_markdown(result: dict) -> str:
+    tasks = result["tasks"]
+    head = ["method", *tasks, "avg", "norm.", "time (s)", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        accs = [fmt(r["accuracy"].get(t)) for t in tasks]
+        status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+        lines.append("| " + " | ".join([r["method"], *accs, fmt(r["average"]), fmt(r["normalized"]), f"{r['seconds']:.0f}", status]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    rows = [r for r in result["rows"] if r["status"] == "ok" and r["average"] is not None]
+    tasks = result["tasks"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(15, 0.45 * len(rows) + 2.5), gridspec_kw={"width_ratios": [2, 1]})
+    grid = np.array([[100 * r["accuracy"].get(t, np.nan) for t in tasks] for r in rows])
+    im = ax1.imshow(grid, cmap="viridis", aspect="auto", vmin=0, vmax=100)
+    ax1.set_xticks(range(len(tasks)), tasks, rotation=35, ha="right")
+    ax1.set_yticks(range(len(rows)), [r["method"] for r in rows])
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            if not np.isnan(grid[i, j]):
+                ax1.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="w" if grid[i, j] < 60 else "k", fontsize=8)
+    fig.colorbar(im, ax=ax1, label="accuracy (%)")
+    ax1.set_title(f"per-task accuracy ({result['modelpool']})")
+    y = np.arange(len(rows))
+    ax2.barh(y, [100 * r["average"] for r in rows], color="tab:blue")
+    for i, r in enumerate(rows):
+        ax2.text(100 * r["average"] + 0.5, i, f"{100 * r['average']:.1f}  ({r['seconds']:.0f}s)", va="center", fontsize=8)
+    ax2.set_yticks(y, [""] * len(rows))
+    ax2.set_ylim(ax1.get_ylim())
+    ax2.set_xlim(0, 115)
+    ax2.set_xlabel("average accuracy (%)  (wall time)")
+    skipped = [f"{r['method']}: {r['status']}" for r in result["rows"] if r not in rows]
+    if skipped:
+        fig.text(0.01, 0.01, "not run: " + "; ".join(skipped), fontsize=8)
+    fig.tight_layout(rect=(0, 0.04 if skipped else 0, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
+    p.add_argument("--pool", default="mini_TA8", help="mini model pool (mini_TA8 or mini_TA20)")
+    p.add_argument("--hub", choices=sorted(HUB_TASKS), default=None,
+                   help="run the real protocol on clip-vit-b32_<TA8|TA14|TA20> (needs a hub and a GPU)")
+    p.add_argument("--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)")
+    p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
+    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a run whose folder in --out holds a successful run with the same arguments")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models gain nothing from more, and 2 threads thrash on shared cores)")
+    for k, v in FULL.items():
+        p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {QUICK[k]})")
+    args = p.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    for k in FULL:
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    check_threads(args.threads)
+    t0 = time.perf_counter()
+    env, device_args = {}, []
+    if args.hub:
+        pools = (f"clip-vit-b32_{args.hub}", f"clip-vit-b32_{args.hub}")
+        tasks = HUB_TASKS[args.hub]
+    else:
+        from fusion_bench_fw.offline import minibench
+
+        params = minibench.BuildParams(scope="ta8" if args.pool == "mini_TA8" else "all",
+                                       **(minibench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = minibench.build(args.root, params)
+        env[minibench.ENV_VAR] = manifest["root"]
+        pools = (args.pool, args.pool)
+        tasks = list(minibench.TASKS) if args.pool == "mini_TA8" else list(minibench.TARGETS)
+        device_args = ["fabric.accelerator=cpu"]
+        print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
+    drop = []
+    if args.tasks:
+        unknown = [t for t in args.tasks if t not in tasks]
+        if unknown:
+            p.error(f"unknown tasks {unknown}; the pool has {tasks}")
+        drop = [t for t in tasks if t not in args.tasks]
+        tasks = [t for t in tasks if t in args.tasks]
+    args.out.mkdir(parents=True, exist_ok=True)
+    result = run_leaderboard(args.out, pools, tasks, settings, args.methods, env, device_args, args.threads, drop, args.reuse)
+    result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    md = to_markdown(result)
+    (args.out / "leaderboard.md").write_text(
+        f"# Leaderboard: modelpool={pools[0]} taskpool={pools[1]}\n\nAccuracy (%) per task, average, "
+        f"normalised accuracy (merged / individual, %), wall time of the fusion_bench run (s).\n"
+        f"Settings: {json.dumps(settings)}\n\n" + md
+    )
+    (args.out / "leaderboard.json").write_text(json.dumps(result, indent=1))
+    try:
+        plot(result, args.out / "leaderboard.png")
+    except Exception as e:  # plotting must not lose the table
+        print(f"plot failed: {e}", file=sys.stderr)
+    print()
+    print(md)
+    print(f"written: {args.out / 'leaderboard.md'}, leaderboard.json, leaderboard.png (total {result['total_seconds']}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+#!/usr/bin/env python
+"""The paper's scaling experiments, through the ``fusion_bench`` CLI: Task Arithmetic vs FWHard vs FWSoft.
+
+* ``irrelevant``: the 4 target tasks' models plus 0/4/8/12/16 irrelevant models (pixel-permuted
+  and label-permuted tasks, alternating); evaluated on, and FW's labelled data from, the 4 targets.
+* ``relevant``: the 4 target models plus 0/4/8/12/16 relevant models (the other 4 tasks' models,
+  then second checkpoints of all 8 tasks, then third checkpoints of the targets); evaluated on,
+  and FW's data from, all 8 tasks (the paper grows a pool towards the evaluated task set too).
+* ``noisy``: the 4 target models plus 0/4/8/12/16 noise-trained models (random labels).
+
+Pools are subsets of ``modelpool=mini_all``, selected with ``~modelpool.models.NAME`` overrides.
+``--hub TA20`` runs the irrelevant/relevant experiments on FusionBench's ViT-B/32 TA20 pool
+(targets: the first 4 tasks; "irrelevant" there means the other tasks' models, as nothing else
+is on the hub; needs a hub and a GPU).
+
+Outputs in ``--out``: ``scaling.md``, ``scaling.json``, ``scaling_<experiment>.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import HUB_TASKS, check_threads, drop_models, fmt, run_fusion_bench  # noqa: E402
+
+EXPERIMENTS = ("irrelevant", "relevant", "noisy")
+METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
+FULL = dict(fw_iters=10, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboard.py
+QUICK = dict(fw_iters=3, fw_inner=20, n_per_task=32)
+
+
+def plan(experiment: str, manifest_models: Dict[str, dict], tasks: List[str], targets: List[str], counts):
+    """``[(count, pool members, FW/eval task list)]`` for an experiment."""
+    by_group = {}
+    for name, info in manifest_models.items():
+        by_group.setdefault(info["group"], []).append(name)
+    if experiment == "irrelevant":
+        pix = [n for n in by_group["irrelevant"] if n.startswith("irr_pixels")]
+        lab = [n for n in by_group["irrelevant"] if n.startswith("irr_labels")]
+        extra = [m for pair in zip(pix, lab) for m in pair]
+        eval_tasks = targets
+    elif experiment == "relevant":
+        others = [t for t in tasks if t not in targets]
+        extra = others + by_group["relevant"]
+        eval_tasks = tasks
+    else:
+        extra = by_group["noisy"]
+        eval_tasks = targets
+    out = []
+    for c in counts:
+        if c > len(extra):
+            raise ValueError(f"{experiment}: only {len(extra)} models to add, asked for {c}")
+        out.append((c, list(targets) + extra[:c], eval_tasks))
+    return out
+
+
+def method_args(method: str, s: dict, eval_tasks: List[str]) -> List[str]:
+    fw = [f"method.targets=[{','.join(eval_tasks)}]", f"method.max_iters={s['fw_iters']}",
+          f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    return {
+        "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
+        "simple_average": ["method=simple_average"],
+        "ties_merging": ["method=ties_merging", "method.scaling_factor=0.3", "method.threshold=20"],
+        "fw_hard": ["method=fw_hard", *fw],
+        "fw_soft": ["method=fw_soft", *fw, f"method.inner_steps={s['fw_inner']}"],
+    }[method]
+
+
+def run_scaling(out: Path, manifest: dict, env: dict, settings: dict, experiments, counts, methods, threads=1,
+                reuse=False) -> dict:
+    all_models = list(manifest["models"])
+    tasks, targets = manifest["tasks"], manifest["targets"]
+    results = {"settings": settings, "counts": list(counts), "methods": list(methods), "experiments": {}}
+    done: Dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
+    for exp in experiments:
+        rows = []
+        print(f"[{exp}]", flush=True)
+        for count, members, eval_tasks in plan(exp, manifest["models"], tasks, targets, counts):
+            drop = [m for m in all_models if m not in members]
+            drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
+            for method in methods:
+                key = (tuple(members), tuple(eval_tasks), method)
+                if key not in done:
+                    r = run_fusion_bench(
+                        f"{exp}+{count} {method}",
+                        ["modelpool=mini_all", "taskpool=mini_TA8", *drop_models(drop), *drop_eval,
+                         *method_args(method, settings, eval_tasks), "fabric.accelerator=cpu"],
+                        out / "runs" / f"{exp}_{count:02d}_{method}", env=env, threads=threads, reuse=reuse,
+                    )
+                    done[key] = dict(status=r.status, average=r.average, accuracy=r.accuracy, seconds=r.seconds, error=r.error)
+                rows.append(dict(added=count, pool_size=len(members), method=method, **done[key]))
+        results["experiments"][exp] = rows
+    return results
+
+
+def to_markdown(results: dict) -> str:
+    parts = []
+    for exp, rows in results["experiments"].items():
+        methods = results["methods"]
+        parts.append(f"### {exp} models added (average accuracy %, {'all 8 tasks' if exp == 'relevant' else 'the 4 targets'})\n")
+        parts.append("| added | pool | " + " | ".join(methods) + " |")
+        parts.append("|" + "---|" * (len(methods) + 2))
+        for count in results["counts"]:
+            cells = []
+            size = None
+            for m in methods:
+                r = next(r for r in rows if r["added"] == count and r["method"] == m)
+                size = r["pool_size"]
+                cells.append(fmt(r["average"]) if r["status"] == "ok" else r["status"])
+            parts.append(f"| {count} | {size} | " + " | ".join(cells) + " |")
+        parts.append("")
+    return "\n".join(parts)
+
+
+def plot(results: dict, out: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {"task_arithmetic": ("Task Arithmetic", "tab:orange", "s"), "fw_hard": ("FW-hard", "tab:green", "^"),
+             "fw_soft": ("FW-soft", "tab:blue", "o"), "simple_average": ("Simple average", "tab:gray", "x"),
+             "ties_merging": ("TIES", "tab:red", "d")}
+    for exp, rows in results["experiments"].items():
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for m in results["methods"]:
+            pts = [(r["added"], 100 * r["average"]) for r in rows if r["method"] == m and r["status"] == "ok"]
+            if pts:
+                label, color, marker = style.get(m, (m, None, "o"))
+                ax.plot(*zip(*pts), marker=marker, color=color, label=label)
+        ax.set_xlabel(f"# {exp} models added")
+        ax.set_ylabel("average accuracy (%)")
+        ax.set_title(f"Adding {exp} models")
+        ax.set_xticks(results["counts"])
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"scaling_{exp}.png", dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("outputs/minibench_scaling"))
+    p.add_argument("--root", default=None)
+    p.add_argument("--hub", choices=["TA20"], default=None, help="FusionBench's ViT-B/32 TA20 pool (hub + GPU)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
+    p.add_argument("--counts", nargs="+", type=int, default=[0, 4, 8, 12, 16])
+    p.add_argument("--methods", nargs="+", default=list(METHODS),
+                   choices=["task_arithmetic", "fw_hard", "fw_soft", "simple_average", "ties_merging"])
+    p.add_argument("--reuse", action="store_true",
+                   help="reuse a run whose folder in --out holds a successful run with the same arguments")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models gain nothing from more, and 2 threads thrash on shared cores)")
+    for k, v in FULL.items():
+        p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {QUICK[k]})")
+    args = p.parse_args(argv)
+    settings = dict(QUICK if args.quick else FULL)
+    for k in FULL:
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    check_threads(args.threads)
+    t0 = time.perf_counter()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.hub:
+        results = run_hub(args, settings)
+    else:
+        from fusion_bench_fw.offline import minibench
+
+        params = minibench.BuildParams(scope="all", **(minibench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = minibench.build(args.root, params)
+        env = {minibench.ENV_VAR: manifest["root"]}
+        results = run_scaling(args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads,
+                              args.reuse)
+    results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    md = to_markdown(results)
+    (args.out / "scaling.md").write_text(f"# Scaling experiments\n\nSettings: {json.dumps(settings)}\n\n" + md)
+    (args.out / "scaling.json").write_text(json.dumps(results, indent=1))
+    try:
+        plot(results, args.out)
+    except Exception as e:
+        print(f"plot failed: {e}", file=sys.stderr)
+    print()
+    print(md)
+    print(f"written: {args.out}/scaling.md, scaling.json, scaling_*.png (total {results['total_seconds']}s)")
+    return 0
+
+
+def run_hub(args, settings) -> dict:
+    """The real protocol on FusionBench's ViT-B/32 TA20 pool: targets = the first 4 tasks; the
+    "irrelevant" models added are the other 16 tasks' models (evaluated on the 4 targets), the
+    "relevant" experiment grows the pool towards all 20 tasks (evaluated on all 20)."""
+    tasks = HUB_TASKS["TA20"]
+    targets = tasks[:4]
+    counts = [c for c in args.counts if c <= 16]
+    results = {"settings": settings, "counts": counts, "methods": list(args.methods), "experiments": {}}
+    for exp in [e for e in args.experiments if e in ("irrelevant", "relevant")]:
+        rows = []
+        for c in counts:
+            members = targets + tasks[4 : 4 + c]
+            eval_tasks = targets if exp == "irrelevant" else members
+            drop = [t for t in tasks if t not in members]
+            drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
+            for m in args.methods:
+                r = run_fusion_bench(
+                    f"{exp}+{c} {m}",
+                    ["modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA20", *[f"~modelpool.models.{d}" for d in drop],
+                     *[f"~modelpool.train_datasets.{d}" for d in drop if d not in eval_tasks],
+                     *drop_eval, *method_args(m, settings, eval_tasks)],
+                    args.out / "runs" / f"{exp}_{c:02d}_{m}", threads=args.threads, reuse=args.reuse,
+                )
+                rows.append(dict(added=c, pool_size=len(members), method=m, status=r.status, average=r.average,
+                                 accuracy=r.accuracy, seconds=r.seconds, error=r.error))
+        results["experiments"][exp] = rows
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(main())
