@@ -52,7 +52,7 @@ FMNIST_ENV = "FMNIST_DIR"
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 PRETRAINED = "_pretrained_"
 # Bump when the builder's output changes for the same parameters.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 FASHION = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -303,7 +303,7 @@ class BuildParams:
         d = asdict(self)
         d.pop("scope")
         d.update(builder_version=BUILDER_VERSION, torch=torch.__version__, transformers=transformers.__version__)
-        return d
+        return json.loads(json.dumps(d))  # as stored in the manifest (tuples become lists)
 
 
 QUICK = dict(train_slice=600, n_train_saved=200, n_test=300, n_test_other=100, pretrain_steps=200, finetune_steps=60)
@@ -520,6 +520,8 @@ def make_model(processor, params: BuildParams):
     v = config.vision_config
     v.hidden_size, v.num_hidden_layers = params.vision_hidden, params.vision_layers
     v.intermediate_size, v.num_attention_heads = 4 * params.vision_hidden, max(1, params.vision_hidden // 16)
+    # a CLIPVisionModel saved alone reports this as its projection size (FusionBench's Surgery reads it)
+    v.projection_dim = config.projection_dim
     torch.manual_seed(params.seed)
     return CLIPModel(config)
 
