@@ -88,7 +88,7 @@ def run_scaling(out: Path, manifest: dict, env: dict, settings: dict, experiment
                 if key not in done:
                     r = run_fusion_bench(
                         f"{exp}+{count} {method}",
-                        ["modelpool=mini_all", "taskpool=mini_TA8", *drop_models(drop), *drop_eval,
+                        ["modelpool=mini_all", "taskpool=mini_TA8", *drop_models(drop, keep_clip_tasks=eval_tasks), *drop_eval,
                          *method_args(method, settings, eval_tasks), "fabric.accelerator=cpu"],
                         out / "runs" / f"{exp}_{count:02d}_{method}", env=env, threads=threads, reuse=reuse,
                     )
