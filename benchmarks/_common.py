@@ -14,14 +14,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+from fusion_bench_fw.offline import OFFLINE_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HYDRA_FULL_ERROR": "1",
-}
 
 # The real protocol: FusionBench's ViT-B/32 pools, through the plugin's aliases.
 HUB_TASKS = {
@@ -173,6 +168,26 @@ def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Se
         if datasets:
             out.append(f"~modelpool.test_datasets.{n}")
     return out
+
+
+def add_run_options(parser, full: dict, quick: dict) -> None:
+    """Options both scripts share: reuse, threads, and one flag per step-count setting."""
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse a run whose folder in --out holds a successful run with the same arguments")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models "
+                        "gain nothing from more, and 2 threads thrash on shared cores)")
+    for k, v in full.items():
+        parser.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {quick[k]})")
+
+
+def resolve_settings(args, full: dict, quick: dict) -> dict:
+    """The step counts of this run: the full or quick defaults, with the flags given on top."""
+    check_threads(args.threads)
+    settings = dict(quick if args.quick else full)
+    for k in full:
+        if getattr(args, k) is not None:
+            settings[k] = getattr(args, k)
+    return settings
 
 
 def check_threads(threads: int):

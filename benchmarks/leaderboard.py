@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUB_TASKS, RunResult, check_threads, drop_models, fmt, quote, run_fusion_bench  # noqa: E402
+from _common import (  # noqa: E402
+    HUB_TASKS, RunResult, add_run_options, drop_models, fmt, quote, resolve_settings, run_fusion_bench,
+)
 
 # (row, group, CLI method args); group "individual" is expanded per task
 # mini-benchmark defaults: FW keeps 10 iterations and 100 samples per task; FW-soft uses 30 inner
@@ -180,17 +182,9 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse a run whose folder in --out holds a successful run with the same arguments")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models gain nothing from more, and 2 threads thrash on shared cores)")
-    for k, v in FULL.items():
-        p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {QUICK[k]})")
+    add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
-    settings = dict(QUICK if args.quick else FULL)
-    for k in FULL:
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
-    check_threads(args.threads)
+    settings = resolve_settings(args, FULL, QUICK)
     t0 = time.perf_counter()
     env, device_args = {}, []
     if args.hub:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUB_TASKS, check_threads, drop_models, fmt, run_fusion_bench  # noqa: E402
+from _common import HUB_TASKS, add_run_options, drop_models, fmt, resolve_settings, run_fusion_bench  # noqa: E402
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
@@ -154,17 +154,9 @@ def main(argv=None) -> int:
     p.add_argument("--counts", nargs="+", type=int, default=[0, 4, 8, 12, 16])
     p.add_argument("--methods", nargs="+", default=list(METHODS),
                    choices=["task_arithmetic", "fw_hard", "fw_soft", "simple_average", "ties_merging"])
-    p.add_argument("--reuse", action="store_true",
-                   help="reuse a run whose folder in --out holds a successful run with the same arguments")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models gain nothing from more, and 2 threads thrash on shared cores)")
-    for k, v in FULL.items():
-        p.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {QUICK[k]})")
+    add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
-    settings = dict(QUICK if args.quick else FULL)
-    for k in FULL:
-        if getattr(args, k) is not None:
-            settings[k] = getattr(args, k)
-    check_threads(args.threads)
+    settings = resolve_settings(args, FULL, QUICK)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
     if args.hub:

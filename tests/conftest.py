@@ -26,19 +26,13 @@ from typing import Dict, Iterable, Optional
 
 import pytest
 
+from fusion_bench_fw.offline import OFFLINE_ENV as _OFFLINE_ENV
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-# The CLI must never reach a hub: everything it needs is local.
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HYDRA_FULL_ERROR": "1",
-    # the tiny models gain nothing from more threads, and lose a lot when the cores are shared
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
+# The CLI must never reach a hub; the tiny models gain nothing from more threads, and lose a
+# lot when the cores are shared.
+OFFLINE_ENV = {**_OFFLINE_ENV, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def fusion_bench_executable() -> str:
