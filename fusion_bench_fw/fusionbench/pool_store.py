@@ -40,6 +40,15 @@ def local_safetensors_file(modelpool, name: str) -> Optional[str]:
     return candidate if os.path.isfile(candidate) else None
 
 
+def spilled_path(modelpool, name: str, cache_dir: str) -> str:
+    """Where ``name`` is (or would be) spilled: keyed on its config string when it has one
+    (reused across runs), else in a per-run ``session`` folder."""
+    config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
+    tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
+    sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
+    return os.path.join(sub, f"{name.replace(os.sep, '_')}.safetensors")
+
+
 def _matches(path: str, shapes: Mapping[str, tuple]) -> bool:
     from safetensors import safe_open
 
@@ -96,9 +105,7 @@ def build_vertex_store(
             raise ValueError("a cache_dir is needed to spill non-safetensors checkpoints to disk")
         log.info("spilling %d checkpoint(s) to safetensors under %s: %s", len(to_spill), cache_dir, to_spill)
         for name in to_spill:
-            config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
-            tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
-            sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
+            sub = os.path.dirname(spilled_path(modelpool, name, cache_dir))
             spilled = spill_to_safetensors([name], lambda n: _state_dict_of(modelpool, n, keys), keys, sub)
             direct[name] = spilled.paths[name]
     return SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)
