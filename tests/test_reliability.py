@@ -284,13 +284,15 @@ def noisy_colors(tmp_path):
     "cls,options",
     [(FWHard, dict(granularity="task", init_models="targets")), (FWSoft, dict(granularity="task", inner_steps=20))],
 )
-def test_noisy_tiny_clip_model_does_not_break_the_merge(pool, tmp_path, noisy_colors, cls, options):
+def test_noisy_tiny_clip_model_does_not_break_the_merge(pool, tmp_path, noisy_colors, caplog, cls, options):
     """Task-wise FW-hard never selects the noisy model (the merge is the clean pool's, exactly);
     FW-soft may take it among its top k once but its step weights keep it small, and the
     objective ends within 5% of the clean pool's. (Layer-wise FW-hard does select it on this
     tiny model, whose small tensors defeat the high-dimension argument: see the README.)"""
     models = {**pool.default_models, "noisy_colors": noisy_colors}
-    with_noisy, merged = run(cls, pool(models=models), tmp_path / "with", max_iters=4, **options)
+    with caplog.at_level(logging.WARNING):
+        with_noisy, merged = run(cls, pool(models=models), tmp_path / "with", max_iters=4, **options)
+    assert any("['noisy_colors'] are more than 5x farther from _pretrained_" in r.getMessage() for r in caplog.records)
     clean, merged_clean = run(cls, pool(), tmp_path / "clean", max_iters=4, **options)
     history = with_noisy.history
     assert "noisy_colors" in history.vertices
@@ -303,6 +305,14 @@ def test_noisy_tiny_clip_model_does_not_break_the_merge(pool, tmp_path, noisy_co
     else:
         assert sum(weight) / len(weight) < 0.1
         assert history.final_loss <= 1.05 * clean.history.final_loss
+
+
+def test_far_models_are_flagged_by_distance_only():
+    from fusion_bench_fw.fusionbench.validation import warn_on_far_models
+
+    assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 6.1}) == ["d"]
+    assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 4.9}) == []
+    assert warn_on_far_models({"a": 1.0, "d": 60.0}) == []  # too few models to tell
 
 
 # ------------------------------------------------------------------ determinism

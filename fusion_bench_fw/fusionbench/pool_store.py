@@ -66,9 +66,12 @@ def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> Dict[str, Tenso
     return {k: state[k] for k in keys if k in state}
 
 
-def check_finite(store: VertexStore, names: Sequence[str]) -> None:
-    """Reject NaN/Inf weights before any heavy work (one streamed pass)."""
+def check_finite(store: VertexStore, names: Sequence[str], reference: Optional[Mapping[str, Tensor]] = None) -> Dict[str, float]:
+    """Reject NaN/Inf weights before any heavy work (one streamed pass); with ``reference``
+    (the pretrained tensors) also return each checkpoint's L2 distance to it."""
+    distances = {}
     for name in names:
+        squared = 0.0
         for key in store.keys:
             t = store.tensor(name, key)
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -76,6 +79,10 @@ def check_finite(store: VertexStore, names: Sequence[str]) -> None:
                     f"checkpoint {name!r}: tensor {key!r} contains NaN or Inf values; "
                     "remove this model from the pool or repair its weights"
                 )
+            if reference is not None:
+                squared += float(torch.sum((t.double() - reference[key].double()) ** 2))
+        distances[name] = squared**0.5
+    return distances
 
 
 def build_vertex_store(

@@ -38,6 +38,7 @@ class CheckedPool:
     candidates: List[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
     store: VertexStore  # their streaming store, names, shapes and finiteness checked
     dropped: Dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
+    distances: Dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
 
 
 def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) -> None:
@@ -134,6 +135,28 @@ def warn_on_dtypes(headers: Mapping[str, Header], shapes: Mapping[str, tuple]) -
         )
 
 
+FAR_FACTOR = 5.0
+
+
+def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretrained_") -> List[str]:
+    """Flag candidates far farther from the pretrained model than the typical one: most likely
+    fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
+    a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
+    if len(distances) < 3:
+        return []
+    median = sorted(distances.values())[len(distances) // 2]
+    far = sorted(n for n, d in distances.items() if d > FAR_FACTOR * median)
+    if far:
+        log.warning(
+            "model(s) %s are more than %gx farther from %s than the median candidate (%s vs %.3g): probably "
+            "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
+            "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
+            "method.init_models=targets / method.granularity=task",
+            far, FAR_FACTOR, pretrained, ", ".join(f"{distances[n]:.3g}" for n in far), median,
+        )
+    return far
+
+
 def validate_pool(
     modelpool,
     candidates: Sequence[str],
@@ -181,5 +204,7 @@ def validate_pool(
     effective_k(solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained)))
 
     candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir)
-    check_finite(candidate_store, kept)
-    return CheckedPool(kept, candidate_store, dropped)
+    pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
+    distances = check_finite(candidate_store, kept, reference=pretrained_params)
+    warn_on_far_models(distances, pretrained)
+    return CheckedPool(kept, candidate_store, dropped, distances)
