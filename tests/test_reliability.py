@@ -355,3 +355,13 @@ def test_merged_model_save_is_atomic(pool, tmp_path, monkeypatch):
         modelpool.save_model(model, str(tmp_path / "fresh"))
     assert not (tmp_path / "fresh").exists()
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))) == []
+
+
+@pytest.mark.parametrize("preset", ["fw_hard", "fw_soft", "fw_hard_fbref", "fw_soft_fbref"])
+def test_every_preset_has_on_incompatible_error_by_default(preset):
+    from hydra import compose, initialize_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
+
+    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
+        method = compose("fabric_model_fusion", overrides=[f"method={preset}", "taskpool=dummy"]).method
+    assert method.on_incompatible == "error"
