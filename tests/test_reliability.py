@@ -176,6 +176,14 @@ def test_truncated_or_corrupt_safetensors(pool, tmp_path, no_heavy_work, damage)
         run(FWHard, pool(models=models), tmp_path / "out")
 
 
+def test_corrupt_pretrained_model(pool, tmp_path, no_heavy_work):
+    folder = tmp_path / "pre"
+    shutil.copytree(pool.default_models["_pretrained_"], folder)
+    (folder / "model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(StoreError, match=r"checkpoint '_pretrained_': cannot load it.*truncated or corrupt"):
+        run(FWHard, pool(models={**pool.default_models, "_pretrained_": str(folder)}), tmp_path / "out")
+
+
 def test_empty_pool(pool, tmp_path, no_heavy_work):
     with pytest.raises(ValueError, match="holds no fine-tuned models"):
         run(FWHard, pool(models={"_pretrained_": pool.default_models["_pretrained_"]}), tmp_path)

@@ -27,7 +27,7 @@ from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStor
 
 from .clip_objective import build_clip_objective
 from .pool_store import STORE_MODES, check_finite
-from .validation import ON_INCOMPATIBLE, validate_pool
+from .validation import ON_INCOMPATIBLE, load_model_checked, validate_pool
 
 log = logging.getLogger(__name__)
 
@@ -184,7 +184,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         device = self.fabric.device
         out_dir = self._output_dir()
 
-        template = modelpool.load_pretrained_model()
+        template = load_model_checked(modelpool, PRETRAINED)
         if modelpool.has_instance_models:  # the pool hands out its own object: never touch it
             template = copy.deepcopy(template)
         keys_params = {n: p for n, p in template.named_parameters() if p.is_floating_point()}

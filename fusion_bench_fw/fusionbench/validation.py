@@ -80,14 +80,20 @@ def _safetensors_header(name: str, path: str) -> Header:
         ) from exc
 
 
-def _loaded_header(modelpool, name: str) -> Header:
+def load_model_checked(modelpool, name: str) -> torch.nn.Module:
+    """``modelpool.load_model(name)`` (``load_pretrained_model()`` for the pretrained one), with an
+    error naming the model when its files are bad."""
     try:
-        state = modelpool.load_model(name).state_dict()
+        return modelpool.load_pretrained_model() if name == "_pretrained_" else modelpool.load_model(name)
     except Exception as exc:
         raise StoreError(
             f"checkpoint {name!r}: cannot load it ({type(exc).__name__}: {exc}); "
             "the files are missing, truncated or corrupt: re-download or re-save them"
         ) from exc
+
+
+def _loaded_header(modelpool, name: str) -> Header:
+    state = load_model_checked(modelpool, name).state_dict()
     return {k: (tuple(v.shape), SAFETENSORS_DTYPE.get(v.dtype, str(v.dtype))) for k, v in state.items()}
 
 
