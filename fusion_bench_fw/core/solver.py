@@ -103,6 +103,35 @@ class FrankWolfeConfig:
                 raise ValueError(f"inner_init must be in [0, 1] or null, got {self.inner_init!r}")
 
 
+def lmo_vertex_names(
+    candidates: Sequence[str], init_coefficients: Mapping[str, float], config: FrankWolfeConfig,
+    pretrained: Optional[str] = None,
+) -> List[str]:
+    """The LMO's vertices in order: the candidates, then the pretrained checkpoint and the
+    init point (:data:`INIT_VERTEX`) when the config adds them (the init only if it is not
+    already a single vertex). Cheap, so adapters can check ``k`` before any heavy work."""
+    names = list(candidates)
+    if config.include_pretrained_vertex and pretrained is not None:
+        names.append(pretrained)
+    support = [n for n, c in init_coefficients.items() if c != 0]
+    if config.include_init_vertex and not (len(support) == 1 and support[0] in names):
+        names.append(INIT_VERTEX)
+    return names
+
+
+def effective_k(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> Optional[int]:
+    """FW-soft's number of selected vertices (null k = number of target tasks)."""
+    if config.variant != "soft":
+        return config.k
+    if config.soft_select == "per_task" or config.k is None:
+        return min(n_tasks, n_vertices)
+    if config.k > n_vertices:
+        raise ValueError(
+            f"k={config.k} is larger than the number of vertices in the pool ({n_vertices}); lower method.k"
+        )
+    return config.k
+
+
 @dataclass
 class FrankWolfeResult:
     params: Dict[str, Tensor]
@@ -217,25 +246,15 @@ def frank_wolfe(
         alpha[basis.index(name)] = float(c)
     theta = materialise(store, alpha, keys, device, dtype)
 
+    if config.include_pretrained_vertex and (pretrained is None or pretrained not in basis):
+        raise ValueError("include_pretrained_vertex needs the pretrained checkpoint in the store")
     vertices = _Vertices(store, candidates, len(keys))
-    if config.include_pretrained_vertex:
-        if pretrained is None or pretrained not in basis:
-            raise ValueError("include_pretrained_vertex needs the pretrained checkpoint in the store")
-        vertices.add_stored(pretrained)
-    init_support = [n for n, c in init_coefficients.items() if c != 0]
-    init_is_vertex = len(init_support) == 1 and init_support[0] in vertices.names
-    if config.include_init_vertex and not init_is_vertex:
-        vertices.add_pseudo(INIT_VERTEX, {k: v.clone() for k, v in theta.items()}, alpha.clone())
-
-    n_vertices = len(vertices.names)
-    k = config.k
-    if config.variant == "soft":
-        if config.soft_select == "per_task":
-            k = min(len(objective.task_names), n_vertices)
-        elif k is None:
-            k = min(len(objective.task_names), n_vertices)
-        if k > n_vertices:
-            raise ValueError(f"k={k} is larger than the number of vertices in the pool ({n_vertices}); lower method.k")
+    for name in lmo_vertex_names(candidates, init_coefficients, config, pretrained)[len(candidates) :]:
+        if name == INIT_VERTEX:
+            vertices.add_pseudo(INIT_VERTEX, {k: v.clone() for k, v in theta.items()}, alpha.clone())
+        else:
+            vertices.add_stored(name)
+    k = effective_k(config, len(objective.task_names), len(vertices.names))
     track_alpha = config.merge_fn == "task_arithmetic"
 
     history = RunHistory(

@@ -26,7 +26,8 @@ from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore
 
 from .clip_objective import build_clip_objective
-from .pool_store import STORE_MODES, build_vertex_store, check_finite
+from .pool_store import STORE_MODES, check_finite
+from .validation import ON_INCOMPATIBLE, load_model_checked, validate_pool
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         init_path: Optional[str] = None,
         task_weighting: str = "mean",
         allow_fewer_samples: bool = False,
+        on_incompatible: str = "error",
         store: str = "auto",
         cache_dir: Optional[str] = None,
         autocast: Optional[str] = None,
@@ -83,6 +85,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             raise ValueError(f"unknown init {init!r}; use one of {INITS}")
         if init == "file" and not init_path:
             raise ValueError("init=file needs method.init_path (a .safetensors or torch state dict)")
+        if on_incompatible not in ON_INCOMPATIBLE:
+            raise ValueError(f"unknown on_incompatible {on_incompatible!r}; use one of {ON_INCOMPATIBLE}")
         if store not in STORE_MODES:
             raise ValueError(f"unknown store {store!r}; use one of {STORE_MODES}")
         if autocast not in AUTOCAST:
@@ -100,6 +104,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         self.init_path = init_path
         self.task_weighting = task_weighting
         self.allow_fewer_samples = allow_fewer_samples
+        self.on_incompatible = on_incompatible
         self.store = store
         self.cache_dir = cache_dir
         self.autocast = autocast
@@ -179,16 +184,20 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         device = self.fabric.device
         out_dir = self._output_dir()
 
-        template = modelpool.load_pretrained_model()
+        template = load_model_checked(modelpool, PRETRAINED)
         if modelpool.has_instance_models:  # the pool hands out its own object: never touch it
             template = copy.deepcopy(template)
         keys_params = {n: p for n, p in template.named_parameters() if p.is_floating_point()}
         shapes = {n: tuple(p.shape) for n, p in keys_params.items()}
         pretrained_state = {n: p.detach().float() for n, p in keys_params.items()}
-        candidate_store = build_vertex_store(
-            modelpool, candidates, shapes, self.store, self.cache_dir or os.path.join(out_dir, "vertex_cache")
+        checked = validate_pool(  # every check before heavy work; may drop candidates (on_incompatible=skip)
+            modelpool, candidates, targets, template, shapes,
+            n_per_task=self.n_per_task, allow_fewer_samples=self.allow_fewer_samples,
+            on_incompatible=self.on_incompatible, solver_config=self.solver_config,
+            init_coefficients=lambda kept: self._init_coefficients(kept, targets), pretrained=PRETRAINED,
+            store=self.store, cache_dir=self.cache_dir or os.path.join(out_dir, "vertex_cache"),
         )
-        check_finite(candidate_store, candidates)
+        candidates, candidate_store = checked.candidates, checked.store
         resident = {PRETRAINED: pretrained_state}
         if self.init == "file":
             resident[INIT_FILE] = self._load_init_file(list(shapes))

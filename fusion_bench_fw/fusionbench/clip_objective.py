@@ -16,6 +16,8 @@ import torch.nn.functional as F
 
 from fusion_bench_fw.core.objective import Batch, BatchedObjective, functional_forward
 
+from .validation import check_sample_count
+
 log = logging.getLogger(__name__)
 
 
@@ -32,15 +34,7 @@ def labelled_batches(
     from fusion_bench.dataset.clip_dataset import CLIPDataset
 
     n = len(dataset)
-    if n == 0:
-        raise ValueError(f"target task {task!r}: its training split is empty; FW needs labelled samples")
-    if n < n_per_task:
-        if not allow_fewer:
-            raise ValueError(
-                f"target task {task!r} has {n} training samples, fewer than n_per_task={n_per_task}; "
-                "lower method.n_per_task or set method.allow_fewer_samples=true to use all of them"
-            )
-        log.warning("task %s: using all %d samples (fewer than n_per_task=%d)", task, n, n_per_task)
+    check_sample_count(task, n, n_per_task, allow_fewer)
     wrapped = CLIPDataset(dataset, processor)
     items = [wrapped[i] for i in fixed_subset_indices(n, n_per_task, seed, task)]
     batches = []

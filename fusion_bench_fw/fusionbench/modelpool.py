@@ -121,6 +121,14 @@ class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
         self._clip_tasks = clip_tasks
         super().__init__(models, **kwargs)
 
+    def save_model(self, model, path: str, *args, **kwargs):
+        """Save the merged model (the program's ``merged_model_save_path``) atomically: written to a
+        temporary folder and renamed, so a crash or kill never leaves a partial model at ``path``."""
+        from fusion_bench_fw.core.atomic import atomic_dir
+
+        with atomic_dir(path) as tmp:
+            super().save_model(model, tmp, *args, **kwargs)
+
     @property
     def clip_task_names(self) -> List[str]:
         """The task names this pool registered."""

@@ -40,6 +40,15 @@ def local_safetensors_file(modelpool, name: str) -> Optional[str]:
     return candidate if os.path.isfile(candidate) else None
 
 
+def spilled_path(modelpool, name: str, cache_dir: str) -> str:
+    """Where ``name`` is (or would be) spilled: keyed on its config string when it has one
+    (reused across runs), else in a per-run ``session`` folder."""
+    config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
+    tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
+    sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
+    return os.path.join(sub, f"{name.replace(os.sep, '_')}.safetensors")
+
+
 def _matches(path: str, shapes: Mapping[str, tuple]) -> bool:
     from safetensors import safe_open
 
@@ -57,9 +66,12 @@ def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> Dict[str, Tenso
     return {k: state[k] for k in keys if k in state}
 
 
-def check_finite(store: VertexStore, names: Sequence[str]) -> None:
-    """Reject NaN/Inf weights before any heavy work (one streamed pass)."""
+def check_finite(store: VertexStore, names: Sequence[str], reference: Optional[Mapping[str, Tensor]] = None) -> Dict[str, float]:
+    """Reject NaN/Inf weights before any heavy work (one streamed pass); with ``reference``
+    (the pretrained tensors) also return each checkpoint's L2 distance to it."""
+    distances = {}
     for name in names:
+        squared = 0.0
         for key in store.keys:
             t = store.tensor(name, key)
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -67,6 +79,10 @@ def check_finite(store: VertexStore, names: Sequence[str]) -> None:
                     f"checkpoint {name!r}: tensor {key!r} contains NaN or Inf values; "
                     "remove this model from the pool or repair its weights"
                 )
+            if reference is not None:
+                squared += float(torch.sum((t.double() - reference[key].double()) ** 2))
+        distances[name] = squared**0.5
+    return distances
 
 
 def build_vertex_store(
@@ -96,9 +112,7 @@ def build_vertex_store(
             raise ValueError("a cache_dir is needed to spill non-safetensors checkpoints to disk")
         log.info("spilling %d checkpoint(s) to safetensors under %s: %s", len(to_spill), cache_dir, to_spill)
         for name in to_spill:
-            config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
-            tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
-            sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
+            sub = os.path.dirname(spilled_path(modelpool, name, cache_dir))
             spilled = spill_to_safetensors([name], lambda n: _state_dict_of(modelpool, n, keys), keys, sub)
             direct[name] = spilled.paths[name]
     return SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)

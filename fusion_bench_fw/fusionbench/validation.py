@@ -1,0 +1,216 @@
+"""Check a model pool and the run's settings before any heavy work.
+
+Pools are assembled from strangers' checkpoints: other architectures, broken downloads, other
+dtypes. Everything here is cheap (safetensors headers, data set lengths, one streamed pass for
+NaN/Inf) and runs before the zero-shot heads, the objective and the Frank-Wolfe loop, so a bad
+input costs seconds and gets one error naming the model, the tensor and what to do.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
+from fusion_bench_fw.core.stores import StoreError, VertexStore
+
+from .pool_store import build_vertex_store, check_finite, local_safetensors_file, spilled_path
+
+log = logging.getLogger(__name__)
+
+ON_INCOMPATIBLE = ("error", "skip")
+SKIP_HINT = "remove it from the pool, or set method.on_incompatible=skip to drop such models with a warning"
+
+SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+Header = Dict[str, Tuple[Tuple[int, ...], str]]  # tensor name -> (shape, dtype name)
+
+
+class IncompatibleModelError(StoreError):
+    """A candidate whose tensor names or shapes differ from the pretrained model's."""
+
+
+@dataclass
+class CheckedPool:
+    candidates: List[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
+    store: VertexStore  # their streaming store, names, shapes and finiteness checked
+    dropped: Dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
+    distances: Dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
+
+
+def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) -> None:
+    """A target task needs ``n_per_task`` labelled samples, or the user's leave to use fewer."""
+    if n == 0:
+        raise ValueError(f"target task {task!r}: its training split is empty; FW needs labelled samples")
+    if n < n_per_task:
+        if not allow_fewer:
+            raise ValueError(
+                f"target task {task!r} has {n} training samples, fewer than n_per_task={n_per_task}; "
+                "lower method.n_per_task or set method.allow_fewer_samples=true to use all of them"
+            )
+        log.warning("task %s: using all %d samples (fewer than n_per_task=%d)", task, n, n_per_task)
+
+
+def check_target_samples(modelpool, targets: Sequence[str], n_per_task: int, allow_fewer: bool) -> None:
+    for task in targets:
+        try:
+            dataset = modelpool.load_train_dataset(task)
+        except Exception as exc:
+            raise ValueError(
+                f"target task {task!r}: cannot load its training split ({type(exc).__name__}: {exc}); "
+                "fix modelpool.train_datasets or drop the task from method.targets"
+            ) from exc
+        if hasattr(dataset, "__len__"):
+            check_sample_count(task, len(dataset), n_per_task, allow_fewer)
+
+
+def _safetensors_header(name: str, path: str) -> Header:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt", device="cpu") as f:
+            return {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several error types
+        raise StoreError(
+            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
+            "the file is missing, truncated or corrupt: re-download or re-save it"
+        ) from exc
+
+
+def load_model_checked(modelpool, name: str) -> torch.nn.Module:
+    """``modelpool.load_model(name)`` (``load_pretrained_model()`` for the pretrained one), with an
+    error naming the model when its files are bad."""
+    try:
+        return modelpool.load_pretrained_model() if name == "_pretrained_" else modelpool.load_model(name)
+    except Exception as exc:
+        raise StoreError(
+            f"checkpoint {name!r}: cannot load it ({type(exc).__name__}: {exc}); "
+            "the files are missing, truncated or corrupt: re-download or re-save them"
+        ) from exc
+
+
+def _loaded_header(modelpool, name: str) -> Header:
+    state = load_model_checked(modelpool, name).state_dict()
+    return {k: (tuple(v.shape), SAFETENSORS_DTYPE.get(v.dtype, str(v.dtype))) for k, v in state.items()}
+
+
+def candidate_header(modelpool, name: str, cache_dir: Optional[str]) -> Header:
+    """Tensor names, shapes and dtypes of a candidate: from the safetensors header when the
+    pool entry is a local file (or was spilled before), else by loading the model once."""
+    path = local_safetensors_file(modelpool, name)
+    reusable = isinstance(getattr(modelpool, "_models", {}).get(name), str)  # "session" spills may be stale
+    if path is None and cache_dir is not None and reusable:
+        spilled = spilled_path(modelpool, name, cache_dir)
+        path = spilled if os.path.isfile(spilled) else None
+    return _safetensors_header(name, path) if path else _loaded_header(modelpool, name)
+
+
+def incompatibility(name: str, header: Header, shapes: Mapping[str, tuple], template_keys: Sequence[str]) -> Optional[str]:
+    """Why ``name`` cannot be a vertex of the merged module, or None.
+
+    Extra tensors count only inside the merged module's own top-level modules: a full CLIP
+    checkpoint (text tower next to ``vision_model``) is fine, an extra encoder layer is not."""
+    missing = [k for k in shapes if k not in header]
+    if missing:
+        return f"model {name!r} lacks tensor {missing[0]!r} ({len(missing)} missing)"
+    wrong = [k for k in shapes if tuple(header[k][0]) != tuple(shapes[k])]
+    if wrong:
+        k = wrong[0]
+        return (f"model {name!r}: tensor {k!r} has shape {tuple(header[k][0])}, the pretrained model's "
+                f"has {tuple(shapes[k])} ({len(wrong)} tensor(s) differ)")
+    known = set(template_keys)
+    namespaces = {k.split(".", 1)[0] for k in known}
+    extra = [k for k in header if k not in known and k.split(".", 1)[0] in namespaces]
+    if extra:
+        return f"model {name!r} has tensor {extra[0]!r} that the pretrained model lacks ({len(extra)} extra)"
+    return None
+
+
+def warn_on_dtypes(headers: Mapping[str, Header], shapes: Mapping[str, tuple]) -> None:
+    """Candidates in several dtypes still merge (the solver casts every tensor it reads to
+    float32), but the user should know their pool is mixed."""
+    dtypes = {name: sorted({h[k][1] for k in shapes}) for name, h in headers.items()}
+    if len({tuple(d) for d in dtypes.values()}) > 1:
+        log.warning(
+            "the candidates store different dtypes (%s); each tensor is cast to float32 when read, so the "
+            "merge runs in one precision (cast the checkpoints yourself to silence this)",
+            ", ".join(f"{n}: {'/'.join(d)}" for n, d in dtypes.items()),
+        )
+
+
+FAR_FACTOR = 5.0
+
+
+def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretrained_") -> List[str]:
+    """Flag candidates far farther from the pretrained model than the typical one: most likely
+    fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
+    a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
+    if len(distances) < 3:
+        return []
+    median = sorted(distances.values())[len(distances) // 2]
+    far = sorted(n for n, d in distances.items() if d > FAR_FACTOR * median)
+    if far:
+        log.warning(
+            "model(s) %s are more than %gx farther from %s than the median candidate (%s vs %.3g): probably "
+            "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
+            "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
+            "method.init_models=targets / method.granularity=task",
+            far, FAR_FACTOR, pretrained, ", ".join(f"{distances[n]:.3g}" for n in far), median,
+        )
+    return far
+
+
+def validate_pool(
+    modelpool,
+    candidates: Sequence[str],
+    targets: Sequence[str],
+    template: torch.nn.Module,
+    shapes: Mapping[str, tuple],
+    *,
+    n_per_task: int,
+    allow_fewer_samples: bool,
+    on_incompatible: str,
+    solver_config: FrankWolfeConfig,
+    init_coefficients: Callable[[List[str]], Mapping[str, float]],
+    pretrained: str,
+    store: str,
+    cache_dir: Optional[str],
+) -> CheckedPool:
+    """Every check of a run, in order of cost, then the candidates' streaming store.
+
+    ``shapes`` are the merged tensors (the template's floating-point parameters);
+    ``init_coefficients(kept)`` gives theta_0 over the kept candidates (to count the LMO's
+    vertices for ``k``). Raises ValueError (StoreError for checkpoints) on the first problem."""
+    if on_incompatible not in ON_INCOMPATIBLE:
+        raise ValueError(f"unknown on_incompatible {on_incompatible!r}; use one of {ON_INCOMPATIBLE}")
+    check_target_samples(modelpool, targets, n_per_task, allow_fewer_samples)
+
+    template_keys = list(template.state_dict())
+    kept, dropped, headers = [], {}, {}
+    for name in candidates:
+        header = candidate_header(modelpool, name, cache_dir)
+        problem = incompatibility(name, header, shapes, template_keys)
+        if problem is None:
+            kept.append(name)
+            headers[name] = header
+        elif on_incompatible == "skip":
+            log.warning("dropping %s (method.on_incompatible=skip)", problem)
+            dropped[name] = problem
+        else:
+            raise IncompatibleModelError(f"{problem}; every candidate must share the pretrained model's architecture: {SKIP_HINT}")
+    if not kept:
+        raise ValueError(
+            f"no candidate left to merge: all {len(candidates)} were dropped as incompatible ({dropped}); "
+            "fix the pool so that its models share the pretrained model's architecture"
+        )
+    warn_on_dtypes(headers, shapes)
+    effective_k(solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained)))
+
+    candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir)
+    pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
+    distances = check_finite(candidate_store, kept, reference=pretrained_params)
+    warn_on_far_models(distances, pretrained)
+    return CheckedPool(kept, candidate_store, dropped, distances)
