@@ -25,7 +25,8 @@ from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore
 
-from .clip_objective import build_clip_objective
+from .distributed import fabric_communicator
+from .lm_objectives import build_objective
 from .pool_store import STORE_MODES, build_vertex_store, check_finite
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         check_finite(store, list(resident))
 
         template = template.to(device).eval()
-        objective = build_clip_objective(
+        objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
             self,
             modelpool,
             template,
@@ -231,6 +232,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             seed=self.seed,
             checkpoint_path=checkpoint_path if self.fabric.is_global_zero else None,
             resume=self.resume,
+            communicator=fabric_communicator(self.fabric),
         )
         result.history.extra.update({"targets": targets, "n_per_task": self.n_per_task, "init": self.init})
         self.history = result.history

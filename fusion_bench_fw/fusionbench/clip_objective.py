@@ -25,13 +25,8 @@ def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str
     return torch.randperm(n_available, generator=g)[:n_per_task].tolist()
 
 
-def labelled_batches(
-    dataset, processor, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool = False
-) -> List[Batch]:
-    """Preprocess the task's fixed subset once into (pixel_values, labels) batches."""
-    from fusion_bench.dataset.clip_dataset import CLIPDataset
-
-    n = len(dataset)
+def fixed_subset(n: int, n_per_task: int, seed: int, task: str, allow_fewer: bool = False) -> List[int]:
+    """The task's fixed subset of its ``n`` training samples, with the size checks."""
     if n == 0:
         raise ValueError(f"target task {task!r}: its training split is empty; FW needs labelled samples")
     if n < n_per_task:
@@ -41,8 +36,17 @@ def labelled_batches(
                 "lower method.n_per_task or set method.allow_fewer_samples=true to use all of them"
             )
         log.warning("task %s: using all %d samples (fewer than n_per_task=%d)", task, n, n_per_task)
+    return fixed_subset_indices(n, n_per_task, seed, task)
+
+
+def labelled_batches(
+    dataset, processor, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool = False
+) -> List[Batch]:
+    """Preprocess the task's fixed subset once into (pixel_values, labels) batches."""
+    from fusion_bench.dataset.clip_dataset import CLIPDataset
+
     wrapped = CLIPDataset(dataset, processor)
-    items = [wrapped[i] for i in fixed_subset_indices(n, n_per_task, seed, task)]
+    items = [wrapped[i] for i in fixed_subset(len(dataset), n_per_task, seed, task, allow_fewer)]
     batches = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
