@@ -234,7 +234,9 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             resume=self.resume,
             communicator=fabric_communicator(self.fabric),
         )
-        result.history.extra.update({"targets": targets, "n_per_task": self.n_per_task, "init": self.init})
+        result.history.extra.update(
+            {"targets": targets, "n_per_task": self.n_per_task, "init": self.init, "world_size": self.fabric.world_size}
+        )
         self.history = result.history
         if self.fabric.is_global_zero:
             result.history.save(history_path)

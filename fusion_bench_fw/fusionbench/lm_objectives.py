@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -130,24 +130,37 @@ class HeadCrossEntropy:
         return F.cross_entropy(out.logits.float(), inputs["labels"])
 
 
-def causal_lm_loss(module, params, inputs, task):
-    """Next-token cross-entropy; only positions whose label is not -100 count."""
+def causal_lm_logits(module, params, inputs):
+    """Next-token logits and their targets (the labels shifted left; -100 = not scored)."""
     logits = functional_forward(module, params, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
-    logits, labels = logits[:, :-1].float(), inputs["labels"][:, 1:]
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+    return logits[:, :-1], inputs["labels"][:, 1:]
 
 
-def seq2seq_loss(module, params, inputs, task):
-    """Cross-entropy on the target tokens (decoder inputs are the labels shifted right)."""
+def seq2seq_logits(module, params, inputs):
+    """Target-token logits (the decoder reads the labels shifted right) and the labels."""
     out = functional_forward(
         module, params, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=inputs["labels"]
     )
-    logits = out.logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1), ignore_index=IGNORE)
+    return out.logits, inputs["labels"]
+
+
+TOKEN_LOGITS = {"causal_lm": causal_lm_logits, "seq2seq": seq2seq_logits}
+
+
+class TokenCrossEntropy:
+    """Mean cross-entropy over the scored tokens (answer / target tokens only)."""
+
+    def __init__(self, kind: str):
+        self.logits = TOKEN_LOGITS[kind]
+
+    def __call__(self, module, params, inputs, task):
+        logits, labels = self.logits(module, params, inputs)
+        logits = logits.float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
 
 
 # ---------------------------------------------------------------------- builders
-def _pad_id(template: nn.Module) -> int:
+def pad_id_of(template: nn.Module) -> int:
     config = getattr(template, "config", None)
     for name in ("pad_token_id", "eos_token_id"):
         value = getattr(config, name, None)
@@ -176,43 +189,49 @@ def _classifiers(modelpool, template: nn.Module, targets, device) -> Dict[str, n
     return classifiers
 
 
+def row_maker(kind: str, pad_id: int, load_tokenizer: Callable[[], Any]):
+    """Turn a dataset row into token ids + labels for ``kind`` (tokenizer loaded on first need)."""
+    if kind == "sequence_classification":
+        return dict
+    if kind == "seq2seq":
+
+        def seq2seq_row(row):
+            if "input_ids" not in row or "labels" not in row:
+                raise ValueError(f"seq2seq samples need `input_ids` and `labels` (target ids); got columns {sorted(row)}")
+            return {**row, "labels": [IGNORE if t == pad_id else t for t in _as_list(row["labels"])]}
+
+        return seq2seq_row
+    tokenizer = []
+
+    def causal_row(row):
+        if "input_ids" in row and "labels" in row:
+            return row
+        if "prompt" in row and "answer" in row:
+            if not tokenizer:
+                tokenizer.append(load_tokenizer())
+            return prompt_answer_row(tokenizer[0], row["prompt"], row["answer"])
+        raise ValueError(
+            "causal-LM samples need `input_ids`+`labels` (labels -100 on the prompt) or `prompt`+`answer` "
+            f"text; got columns {sorted(row)}"
+        )
+
+    return causal_row
+
+
 def build_lm_objective(kind, modelpool, template, targets, n_per_task, batch_size, seed, allow_fewer, device):
     """(batches, batch_loss) for a language-model pool kind."""
-    pad_id = _pad_id(template)
+    pad_id = pad_id_of(template)
     if kind == "sequence_classification":
         classifiers = _classifiers(modelpool, template, targets, device)
         prefix = getattr(next(iter(classifiers.values())), "base_model_prefix", "transformer")
-        collate = lambda rows: collate_tokens(rows, pad_id, label_pad=None)  # noqa: E731
-        make_row, loss = dict, HeadCrossEntropy(classifiers, prefix)
-    elif kind == "causal_lm":
-        tokenizer = None
-
-        def make_row(row):
-            nonlocal tokenizer
-            if "input_ids" in row and "labels" in row:
-                return row
-            if "prompt" in row and "answer" in row:
-                tokenizer = tokenizer or modelpool.load_tokenizer()
-                return prompt_answer_row(tokenizer, row["prompt"], row["answer"])
-            raise ValueError(
-                f"causal-LM samples need `input_ids`+`labels` (labels -100 on the prompt) or `prompt`+`answer` "
-                f"text; got columns {sorted(row)}"
-            )
-
-        collate = lambda rows: collate_tokens(rows, pad_id)  # noqa: E731
-        loss = causal_lm_loss
-    elif kind == "seq2seq":
-
-        def make_row(row):
-            if "input_ids" not in row or "labels" not in row:
-                raise ValueError(f"seq2seq samples need `input_ids` and `labels` (target ids); got columns {sorted(row)}")
-            labels = [IGNORE if t == pad_id else t for t in _as_list(row["labels"])]
-            return {**row, "labels": labels}
-
-        collate = lambda rows: collate_tokens(rows, pad_id)  # noqa: E731
-        loss = seq2seq_loss
+        loss = HeadCrossEntropy(classifiers, prefix)
+    elif kind in TOKEN_LOGITS:
+        loss = TokenCrossEntropy(kind)
     else:
         raise ValueError(f"unknown language-model pool kind {kind!r}")
+    make_row = row_maker(kind, pad_id, lambda: modelpool.load_tokenizer())
+    label_pad = None if kind == "sequence_classification" else IGNORE
+    collate = lambda rows: collate_tokens(rows, pad_id, label_pad)  # noqa: E731
     batches = {}
     for task in targets:
         dataset = modelpool.load_train_dataset(task)
