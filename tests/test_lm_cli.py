@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -22,13 +20,6 @@ from fusion_bench_fw.offline import tiny_lm
 from fusion_bench_fw.fusionbench.clip_objective import fixed_subset_indices
 
 N_PER_TASK = 32
-
-
-@pytest.fixture(scope="session")
-def tiny_lm_root(tmp_path_factory) -> Path:
-    torch.set_num_threads(1)
-    manifest = tiny_lm.build_tiny_lm_pools(str(tmp_path_factory.mktemp("tiny_lm")))
-    return Path(manifest["root"])
 
 
 def _run(run_fusion_bench, root, method, pool, *extra):
