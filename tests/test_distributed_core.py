@@ -54,14 +54,23 @@ def _loss(module, params, inputs, task):
     return F.cross_entropy(functional_forward(module, params, x), y)
 
 
-def _run(name: str, comm: Communicator):
+def _run(name: str, comm: Communicator, checkpoint_dir=None):
+    """With ``checkpoint_dir``: stop after 2 iterations, then resume from the checkpoint."""
     module, models, batches = _problem()
     objective = BatchedObjective(module, batches, _loss, communicator=comm)
     store = InMemoryVertexStore(models)
     candidates = [n for n in models if n != "_pretrained_"]
     init = {"_pretrained_": 1.0 - 0.3 * 5, **{n: 0.3 for n in candidates}}
     config = FrankWolfeConfig(**CONFIGS[name])
-    result = frank_wolfe(objective, store, candidates, init, config, progress=False, communicator=comm)
+    kwargs = dict(progress=False, communicator=comm)
+    if checkpoint_dir is not None:
+        path = os.path.join(checkpoint_dir, f"{name}.safetensors")
+        first = FrankWolfeConfig(**{**CONFIGS[name], "max_iters": 2})
+        frank_wolfe(objective, store, candidates, init, first, checkpoint_path=path, **kwargs)
+        if comm.distributed:  # rank 0 must have written the checkpoint before anyone resumes
+            comm.all_reduce_sum(torch.zeros(1))
+        kwargs.update(checkpoint_path=path, resume=True)
+    result = frank_wolfe(objective, store, candidates, init, config, **kwargs)
     selected = [r.selected for r in result.history.iterations]
     losses = [r.loss for r in result.history.iterations]
     return selected, losses, {k: v.clone() for k, v in result.params.items()}
@@ -75,7 +84,9 @@ def _worker(rank: int, world: int, port: int, out_dir: str):
     try:
         comm = torch_distributed_communicator()
         assert comm.world_size == world and comm.rank == rank
-        torch.save({name: _run(name, comm) for name in CONFIGS}, os.path.join(out_dir, f"rank{rank}.pt"))
+        results = {name: _run(name, comm) for name in CONFIGS}
+        results["resumed"] = _run("hard_layer", comm, checkpoint_dir=out_dir)
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
 
@@ -93,10 +104,10 @@ def two_process_results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("name", [*CONFIGS, "resumed"])
 def test_two_gloo_processes_match_one_process(name, two_process_results):
     torch.set_num_threads(1)
-    selected, losses, params = _run(name, Communicator())
+    selected, losses, params = _run("hard_layer" if name == "resumed" else name, Communicator())
     for rank, results in enumerate(two_process_results):
         d_selected, d_losses, d_params = results[name]
         assert d_selected == selected, f"rank {rank} selected differently"

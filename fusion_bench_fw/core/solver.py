@@ -236,7 +236,8 @@ def frank_wolfe(
     ``resume`` a run restarts from that file and ends exactly as an uninterrupted run.
 
     With a multi-process ``communicator`` the LMO pass is sharded over ranks (the
-    objective shards its own batches); pass ``checkpoint_path`` on one rank only.
+    objective shards its own batches); give every rank the same ``checkpoint_path``: all
+    of them resume from it, only rank 0 writes it.
     """
     config.validate()
     device = torch.device(device)
@@ -306,7 +307,7 @@ def frank_wolfe(
     def finish_iteration(record: IterationRecord) -> None:
         history.coefficients = alpha.tolist() if track_alpha else None
         history.iterations.append(record)
-        if checkpoint_path:
+        if checkpoint_path and communicator.rank == 0:  # every rank holds the same state
             save_checkpoint(checkpoint_path, theta, alpha if track_alpha else None, history)
         if on_iteration:
             on_iteration(record, history)

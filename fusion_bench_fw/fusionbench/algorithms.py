@@ -230,7 +230,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             on_iteration=save,
             progress=self.progress and self.fabric.is_global_zero,
             seed=self.seed,
-            checkpoint_path=checkpoint_path if self.fabric.is_global_zero else None,
+            checkpoint_path=checkpoint_path,  # every rank resumes from it; the core writes it on rank 0
             resume=self.resume,
             communicator=fabric_communicator(self.fabric),
         )
