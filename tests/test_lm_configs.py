@@ -64,3 +64,12 @@ def test_tiny_pools_compose(compose, pool, monkeypatch):
     resolved = OmegaConf.to_container(cfg.modelpool, resolve=True)
     assert set(resolved["models"]) - {"_pretrained_"} == set(resolved["train_datasets"])
     assert OmegaConf.to_container(cfg.taskpool, resolve=True)["test_datasets"]
+
+
+def test_flan_t5_task_pool_scores_glue_validation_with_token_loss(compose):
+    tp = compose("modelpool=flan-t5-base_glue_fw", "method=fw_hard", "taskpool=flan-t5_glue_fw").taskpool
+    resolved = OmegaConf.to_container(tp, resolve=True)
+    assert resolved["_target_"].endswith("TokenLossTaskPool") and resolved["kind"] == "seq2seq"
+    assert list(resolved["test_datasets"]) == [f"glue-{t}" for t in GLUE8]
+    assert resolved["test_datasets"]["glue-mnli"]["split"] == "validation_matched"
+    assert resolved["test_datasets"]["glue-rte"]["tokenizer"]["pretrained_model_name_or_path"] == "google/flan-t5-base"
