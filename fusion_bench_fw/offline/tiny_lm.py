@@ -17,9 +17,9 @@ and a few symbols):
   with the pad id).
 
 Each fine-tuned model is a short full fine-tune of the shared pretrained model, so the pool
-is a real merging problem. ``ROOT/manifest.json`` records the build and the in-process
-metric of every model on every task (accuracy for classification, answer-token accuracy for
-the generative pools). The configs ``modelpool=fw_tiny_gpt2_cls`` / ``fw_tiny_causal`` /
+is a real merging problem. ``ROOT/manifest.json`` records the build, the test accuracy of
+each fine-tuned classifier on its task, and the teacher-forced answer-token accuracy of every
+generative model on every task. The configs ``modelpool=fw_tiny_gpt2_cls`` / ``fw_tiny_causal`` /
 ``fw_tiny_t5`` (and task pools of the same names) read ROOT from ``FUSION_BENCH_FW_TINY_LM_ROOT``::
 
     python -m fusion_bench_fw.offline.tiny_lm /abs/ROOT
