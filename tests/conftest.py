@@ -5,6 +5,8 @@ Fixtures:
     tiny_clip_root     session-wide tiny pool (``fusion_bench_fw.offline.tiny_clip``), built once
                        into a temporary folder; a ``pathlib.Path``.
     tiny_clip_manifest its manifest (tasks, class names, in-process accuracies, file hashes).
+    tiny_lm_root       session-wide tiny language-model pools (``fusion_bench_fw.offline.tiny_lm``:
+                       GPT-2 classification, GPT-2 causal LM, T5), built once; a ``pathlib.Path``.
     run_fusion_bench   ``run_fusion_bench(args, cwd=None, env=None, tiny=True, timeout=...)``
                        runs ``fusion_bench *args`` in a subprocess, offline, with outputs, logs
                        and caches in a fresh temporary folder, and returns a ``FusionBenchRun``
@@ -133,3 +135,13 @@ def run_fusion_bench(request, tmp_path):
         return result
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_root(tmp_path_factory) -> Path:
+    import torch
+
+    from fusion_bench_fw.offline.tiny_lm import build_tiny_lm_pools
+
+    torch.set_num_threads(1)
+    return Path(build_tiny_lm_pools(str(tmp_path_factory.mktemp("tiny_lm")))["root"])

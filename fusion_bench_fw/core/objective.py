@@ -15,6 +15,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Seque
 import torch
 from torch import Tensor, nn
 
+from .distributed import SINGLE_PROCESS, Communicator
+
 TASK_WEIGHTINGS = ("mean", "sum_samples")
 
 
@@ -57,6 +59,10 @@ class BatchedObjective:
     iteration sees the same objective). ``task_weighting="mean"`` uses w_tau = 1/|T|
     (comparable across settings); ``"sum_samples"`` sums per-sample losses (the authors'
     NLP code). ``to_device`` moves a batch's inputs to the compute device.
+
+    With a multi-process ``communicator`` each rank evaluates a round-robin share of the
+    batches (numbered across all tasks) and the losses and gradients are summed over
+    ranks, so every rank returns the single-process values.
     """
 
     module: nn.Module
@@ -65,6 +71,7 @@ class BatchedObjective:
     task_weighting: str = "mean"
     to_device: Callable[[Any], Any] = lambda x: x
     autocast_dtype: Optional[torch.dtype] = None
+    communicator: Communicator = SINGLE_PROCESS
     task_names: List[str] = field(init=False)
 
     def __post_init__(self):
@@ -77,6 +84,10 @@ class BatchedObjective:
             if sum(b.size for b in batches) == 0:
                 raise ValueError(f"target task {task!r} has no labelled samples")
         self.module.requires_grad_(False)
+        numbered = [(task, i) for task in self.task_names for i in range(len(self.batches[task]))]
+        self._mine = {task: [] for task in self.task_names}
+        for task, i in self.communicator.share(numbered):
+            self._mine[task].append(self.batches[task][i])
 
     def _weight(self, task: str, batch: Batch) -> float:
         n = sum(b.size for b in self.batches[task])
@@ -91,7 +102,7 @@ class BatchedObjective:
 
     def _task_loss(self, task: str, params: Mapping[str, Tensor], device: torch.device, leaves=None, grads=None):
         total = 0.0
-        for batch in self.batches[task]:
+        for batch in self._mine[task]:
             with self._autocast(device):
                 loss = self.batch_loss(self.module, params, self.to_device(batch.inputs), task)
             weighted = loss.float() * self._weight(task, batch)
@@ -108,22 +119,25 @@ class BatchedObjective:
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         zero = lambda: {k: torch.zeros_like(v, dtype=torch.float32) for k, v in params.items()}  # noqa: E731
         total_grad = None if per_task else zero()
-        grads, task_losses, loss = [], {}, 0.0
+        grads, contributions = [], []
         for task in self.task_names:
             g = zero() if per_task else total_grad
-            contribution = self._task_loss(task, leaves, device, leaves, g)
-            task_losses[task] = contribution / self._task_scale(task)
-            loss += contribution
+            contributions.append(self._task_loss(task, leaves, device, leaves, g))
             if per_task:
                 grads.append(g)
         if not per_task:
             grads.append(total_grad)
-        return LossAndGrad(loss, task_losses, grads)
+        comm = self.communicator
+        contributions = comm.sum_floats(contributions, device)
+        grads = [comm.sum_tensors(g) for g in grads]
+        task_losses = {t: c / self._task_scale(t) for t, c in zip(self.task_names, contributions)}
+        return LossAndGrad(sum(contributions), task_losses, grads)
 
     @torch.no_grad()
     def loss(self, params: Mapping[str, Tensor]) -> float:
         device = next(iter(params.values())).device
-        return sum(self._task_loss(task, params, device) for task in self.task_names)
+        parts = [self._task_loss(task, params, device) for task in self.task_names]
+        return sum(self.communicator.sum_floats(parts, device))
 
     def _task_scale(self, task: str) -> float:
         """Factor between a task's contribution to f and its mean per-sample loss."""

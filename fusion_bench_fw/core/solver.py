@@ -25,8 +25,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import check_resumable, checkpoint_exists, load_checkpoint, save_checkpoint
+from .distributed import SINGLE_PROCESS, Communicator
 from .history import IterationRecord, RunHistory
-from .lmo import GRANULARITIES, LMO_SCORES, Blocks, score_vertices, select_hard, select_per_task, select_topk
+from .lmo import (
+    GRANULARITIES,
+    LMO_SCORES,
+    Blocks,
+    ScoreTable,
+    score_vertices,
+    select_hard,
+    select_per_task,
+    select_topk,
+)
 from .merge_fns import MERGE_FNS, TIES_DISJOINT, task_arithmetic_direction, ties_direction, trim_threshold
 from .objective import Objective
 from .simplex import project_box, project_capped_simplex, project_simplex
@@ -171,6 +181,30 @@ def materialise(store: VertexStore, coefficients: Tensor, keys: Sequence[str], d
     return params
 
 
+def score_vertices_sharded(
+    grads, theta, vertex_names: Sequence[str], read_vertex, blocks: Blocks, cosine: bool, comm: Communicator
+) -> ScoreTable:
+    """The LMO score pass with the candidates split round-robin over ranks.
+
+    Each rank scores its share with :func:`score_vertices`; the partial tables (zero
+    outside the rank's rows) are summed over ranks, so every rank gets the full table and
+    takes the same selection as a single process would.
+    """
+    names = list(vertex_names)
+    if not comm.distributed:
+        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine)
+    mine = [i for i in range(len(names)) if comm.owns(i)]
+    inner = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
+    cos = torch.zeros_like(inner) if cosine else None
+    if mine:
+        part = score_vertices(grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine)
+        inner[:, mine] = part.inner.to(inner)
+        if cosine:
+            cos[:, mine] = part.cosine.to(cos)
+    tables = comm.sum_tensors({"inner": inner, **({"cosine": cos} if cosine else {})})
+    return ScoreTable(names, tables["inner"], tables.get("cosine"))
+
+
 class _Vertices:
     """Candidates streamed from the store plus in-memory pseudo-vertices (the init point)."""
 
@@ -217,6 +251,7 @@ def frank_wolfe(
     seed: Optional[int] = None,
     checkpoint_path: Optional[str] = None,
     resume: bool = False,
+    communicator: Communicator = SINGLE_PROCESS,
 ) -> FrankWolfeResult:
     """Run FW-hard or FW-soft and return the merged tensors, the history and alpha.
 
@@ -228,6 +263,10 @@ def frank_wolfe(
 
     With ``checkpoint_path`` the state is saved atomically after every iteration; with
     ``resume`` a run restarts from that file and ends exactly as an uninterrupted run.
+
+    With a multi-process ``communicator`` the LMO pass is sharded over ranks (the
+    objective shards its own batches); give every rank the same ``checkpoint_path``: all
+    of them resume from it, only rank 0 writes it.
     """
     config.validate()
     device = torch.device(device)
@@ -287,7 +326,7 @@ def frank_wolfe(
     def finish_iteration(record: IterationRecord) -> None:
         history.coefficients = alpha.tolist() if track_alpha else None
         history.iterations.append(record)
-        if checkpoint_path:
+        if checkpoint_path and communicator.rank == 0:  # every rank holds the same state
             save_checkpoint(checkpoint_path, theta, alpha if track_alpha else None, history)
         if on_iteration:
             on_iteration(record, history)
@@ -304,7 +343,7 @@ def frank_wolfe(
             grads = lg.grads
         _sync(device)
         t1 = time.perf_counter()
-        table = score_vertices(grads, theta, vertices.names, vertices.read, blocks, cosine=cosine)
+        table = score_vertices_sharded(grads, theta, vertices.names, vertices.read, blocks, cosine, communicator)
         t2 = time.perf_counter()
         scores = table.scores(config.lmo_score)
         gap = table.gap(0)

@@ -25,7 +25,8 @@ from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore
 
-from .clip_objective import build_clip_objective
+from .distributed import fabric_communicator
+from .lm_objectives import build_objective
 from .pool_store import STORE_MODES, check_finite
 from .validation import ON_INCOMPATIBLE, load_model_checked, validate_pool
 
@@ -205,7 +206,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         check_finite(store, list(resident))
 
         template = template.to(device).eval()
-        objective = build_clip_objective(
+        objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
             self,
             modelpool,
             template,
@@ -238,10 +239,13 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             on_iteration=save,
             progress=self.progress and self.fabric.is_global_zero,
             seed=self.seed,
-            checkpoint_path=checkpoint_path if self.fabric.is_global_zero else None,
+            checkpoint_path=checkpoint_path,  # every rank resumes from it; the core writes it on rank 0
             resume=self.resume,
+            communicator=fabric_communicator(self.fabric),
         )
-        result.history.extra.update({"targets": targets, "n_per_task": self.n_per_task, "init": self.init})
+        result.history.extra.update(
+            {"targets": targets, "n_per_task": self.n_per_task, "init": self.init, "world_size": self.fabric.world_size}
+        )
         self.history = result.history
         if self.fabric.is_global_zero:
             result.history.save(history_path)

@@ -27,16 +27,20 @@ def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str
     return torch.randperm(n_available, generator=g)[:n_per_task].tolist()
 
 
+def fixed_subset(n: int, n_per_task: int, seed: int, task: str, allow_fewer: bool = False) -> List[int]:
+    """The task's fixed subset of its ``n`` training samples, after the sample-count check."""
+    check_sample_count(task, n, n_per_task, allow_fewer)
+    return fixed_subset_indices(n, n_per_task, seed, task)
+
+
 def labelled_batches(
     dataset, processor, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool = False
 ) -> List[Batch]:
     """Preprocess the task's fixed subset once into (pixel_values, labels) batches."""
     from fusion_bench.dataset.clip_dataset import CLIPDataset
 
-    n = len(dataset)
-    check_sample_count(task, n, n_per_task, allow_fewer)
     wrapped = CLIPDataset(dataset, processor)
-    items = [wrapped[i] for i in fixed_subset_indices(n, n_per_task, seed, task)]
+    items = [wrapped[i] for i in fixed_subset(len(dataset), n_per_task, seed, task, allow_fewer)]
     batches = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]

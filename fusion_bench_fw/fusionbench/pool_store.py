@@ -60,8 +60,24 @@ def _matches(path: str, shapes: Mapping[str, tuple]) -> bool:
         return False
 
 
+def full_weights(model):
+    """A LoRA/PEFT model as its full weights W0 + scale * B @ A per adapted module.
+
+    FW merges whole checkpoints: a convex combination of full weights combines the full
+    low-rank deltas B @ A (never the factors A and B separately, whose combination is not
+    the combination of the deltas). The model is a fresh load, so merging in place is safe.
+    """
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft comes with fusion-bench
+        return model
+    if isinstance(model, PeftModel):
+        return model.merge_and_unload()
+    return model
+
+
 def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> Dict[str, Tensor]:
-    model = modelpool.load_model(name)
+    model = full_weights(modelpool.load_model(name))
     state = model.state_dict()
     return {k: state[k] for k in keys if k in state}
 

@@ -18,7 +18,7 @@ import torch
 from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
 from fusion_bench_fw.core.stores import StoreError, VertexStore
 
-from .pool_store import build_vertex_store, check_finite, local_safetensors_file, spilled_path
+from .pool_store import build_vertex_store, check_finite, full_weights, local_safetensors_file, spilled_path
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def load_model_checked(modelpool, name: str) -> torch.nn.Module:
 
 
 def _loaded_header(modelpool, name: str) -> Header:
-    state = load_model_checked(modelpool, name).state_dict()
+    state = full_weights(load_model_checked(modelpool, name)).state_dict()  # LoRA: W0 + B@A
     return {k: (tuple(v.shape), SAFETENSORS_DTYPE.get(v.dtype, str(v.dtype))) for k, v in state.items()}
 
 

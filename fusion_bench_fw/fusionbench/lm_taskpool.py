@@ -1,0 +1,72 @@
+"""A task pool that scores a causal-LM or seq2seq model on local labelled text.
+
+FusionBench's generative task pools (lm-eval-harness, Flan-T5 GLUE generation) fetch their
+data from the hub; this one reads local data sets in the same row formats the FW objective
+uses (``prompt``/``answer`` text or ``input_ids``/``labels``) and reports, per task, the mean
+cross-entropy on the answer (target) tokens and the teacher-forced answer-token accuracy::
+
+    _target_: fusion_bench_fw.fusionbench.lm_taskpool.TokenLossTaskPool
+    kind: causal_lm                 # causal_lm | seq2seq
+    tokenizer: /path/to/tokenizer   # for prompt/answer text rows
+    test_datasets: {task: {_target_: datasets.load_from_disk, dataset_path: ...}}
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from fusion_bench.taskpool import BaseTaskPool
+from fusion_bench.utils import instantiate
+
+from .lm_objectives import IGNORE, TOKEN_LOGITS, collate_tokens, pad_id_of, row_maker
+
+
+class TokenLossTaskPool(BaseTaskPool):
+    _config_mapping = BaseTaskPool._config_mapping | {
+        "_test_datasets": "test_datasets",
+        "kind": "kind",
+        "_tokenizer": "tokenizer",
+        "batch_size": "batch_size",
+    }
+
+    def __init__(self, test_datasets, kind: str, tokenizer: Optional[str] = None, batch_size: int = 32, **kwargs):
+        if kind not in TOKEN_LOGITS:
+            raise ValueError(f"unknown kind {kind!r}; use one of {tuple(TOKEN_LOGITS)}")
+        self._test_datasets = test_datasets
+        self.kind = kind
+        self._tokenizer = tokenizer
+        self.batch_size = int(batch_size)
+        super().__init__(**kwargs)
+
+    def _load_tokenizer(self):
+        if self._tokenizer is None:
+            raise ValueError("these rows are text (prompt/answer): give the task pool a `tokenizer` path")
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self._tokenizer)
+
+    @torch.no_grad()
+    def evaluate(self, model, *args, **kwargs):
+        model.eval()
+        device = next(model.parameters()).device
+        pad_id = pad_id_of(model)
+        make_row = row_maker(self.kind, pad_id, self._load_tokenizer)
+        report = {}
+        for task, config in self._test_datasets.items():
+            dataset = instantiate(config)
+            rows = [make_row(dataset[i]) for i in range(len(dataset))]
+            loss_sum, correct, count = 0.0, 0, 0
+            for s in range(0, len(rows), self.batch_size):
+                batch = {k: v.to(device) for k, v in collate_tokens(rows[s : s + self.batch_size], pad_id).items()}
+                logits, labels = TOKEN_LOGITS[self.kind](model, {}, batch)
+                keep = labels != IGNORE
+                loss_sum += float(F.cross_entropy(logits.float()[keep], labels[keep], reduction="sum"))
+                correct += int((logits.argmax(-1)[keep] == labels[keep]).sum())
+                count += int(keep.sum())
+            report[task] = {"loss": loss_sum / max(count, 1), "accuracy": correct / max(count, 1)}
+        if report:
+            report["average"] = {k: sum(r[k] for r in report.values()) / len(report) for k in ("loss", "accuracy")}
+        return report
