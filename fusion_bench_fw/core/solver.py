@@ -228,6 +228,19 @@ class _Vertices:
         self._pseudo[name] = params
         self._rows[name] = row
 
+    def add_anchor(self, name: str, params: Optional[Dict[str, Tensor]] = None) -> None:
+        """A point scored for the gap but never selected (the start the iterate may keep weight on)."""
+        self.anchor = name
+        if params is not None:
+            self._pseudo[name] = params
+
+    anchor: Optional[str] = None
+
+    @property
+    def scored(self) -> List[str]:
+        """The LMO's vertices, then the gap-only anchor if any."""
+        return self.names + ([self.anchor] if self.anchor else [])
+
     def read(self, name: str, key: str) -> Tensor:
         if name in self._pseudo:
             return self._pseudo[name][key]
@@ -293,6 +306,15 @@ def frank_wolfe(
             vertices.add_pseudo(INIT_VERTEX, {k: v.clone() for k, v in theta.items()}, alpha.clone())
         else:
             vertices.add_stored(name)
+    init_support = [n for n, c in init_coefficients.items() if c != 0]
+    if INIT_VERTEX not in vertices.names and not (len(init_support) == 1 and init_support[0] in vertices.names):
+        # The iterate may keep weight on its starting point (FW-soft on the capped simplex, damped
+        # steps), so it lives in conv(vertices + start): the gap is taken over that set, or it can
+        # go negative and stop a gap_tol run for the wrong reason. The start is scored, never picked.
+        if len(init_support) == 1:
+            vertices.add_anchor(init_support[0])  # a stored checkpoint (e.g. the pretrained model)
+        else:
+            vertices.add_anchor(INIT_VERTEX, {k: v.clone() for k, v in theta.items()})
     k = effective_k(config, len(objective.task_names), len(vertices.names))
     track_alpha = config.merge_fn == "task_arithmetic"
 
@@ -343,10 +365,10 @@ def frank_wolfe(
             grads = lg.grads
         _sync(device)
         t1 = time.perf_counter()
-        table = score_vertices_sharded(grads, theta, vertices.names, vertices.read, blocks, cosine, communicator)
+        table = score_vertices_sharded(grads, theta, vertices.scored, vertices.read, blocks, cosine, communicator)
         t2 = time.perf_counter()
-        scores = table.scores(config.lmo_score)
         gap = table.gap(0)
+        scores = table.scores(config.lmo_score)[:, : len(vertices.names)]  # the anchor is never selected
         record = IterationRecord(
             t=t,
             loss=lg.loss,
