@@ -123,25 +123,18 @@ def test_multiple_gradients_read_each_vertex_once():
     assert len(reads) == len(set(reads)) == len(names) * len(store.keys)
 
 
-def _reference_scores(grads, theta, models, names, blocks):
-    """Float64 brute force: inner[g, i, b] = sum_{p in b} <grad_g,p, v_i,p - theta_p>."""
-    out = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
+def _reference(grads, theta, models, names, blocks):
+    """Float64 brute force: scores[g, i, b] = sum_{p in b} <grad_g,p, v_i,p - theta_p>, and the
+    float32 rounding scale of each, sum_{p in b} ||grad_g,p|| ||v_i,p - theta_p||."""
+    scores = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
+    scale = torch.zeros_like(scores)
     for gi, grad in enumerate(grads):
         for i, n in enumerate(names):
             for key in blocks.keys:
                 d = models[n][key].double() - theta[key].double()
-                out[gi, i, blocks.block_of[key]] += torch.sum(grad[key].double() * d)
-    return out
-
-
-def _reference_scale(grads, theta, models, names, blocks):
-    out = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
-    for gi, grad in enumerate(grads):
-        for i, n in enumerate(names):
-            for key in blocks.keys:
-                d = models[n][key].double() - theta[key].double()
-                out[gi, i, blocks.block_of[key]] += grad[key].double().norm() * d.norm()
-    return out
+                scores[gi, i, blocks.block_of[key]] += torch.sum(grad[key].double() * d)
+                scale[gi, i, blocks.block_of[key]] += grad[key].double().norm() * d.norm()
+    return scores, scale
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -161,8 +154,7 @@ def test_streamed_scores_match_float64_reference_on_large_tensors(seed, granular
     grads = [{k: torch.randn(s, generator=g) for k, s in shapes.items()} for _ in range(3)]
     blocks = Blocks.build(list(shapes), granularity)
     table = score_vertices(grads, theta, names, InMemoryVertexStore(models).tensor, blocks)
-    expected = _reference_scores(grads, theta, models, names, blocks)
-    scale = _reference_scale(grads, theta, models, names, blocks)
+    expected, scale = _reference(grads, theta, models, names, blocks)
     assert table.inner.dtype == torch.float64
     assert bool(((table.inner - expected).abs() <= 1e-6 * scale).all())
     # the bound is far below the spread of the scores, so it decides argmins
@@ -176,7 +168,7 @@ def test_float64_iterate_gives_float64_exact_scores():
     grad64 = {k: v.double() for k, v in grad.items()}
     blocks = Blocks.build(store.keys, "layer")
     table = score_vertices([grad64], theta64, names, InMemoryVertexStore(models64).tensor, blocks)
-    expected = _reference_scores([grad64], theta64, models64, names, blocks)
+    expected, _ = _reference([grad64], theta64, models64, names, blocks)
     assert torch.allclose(table.inner, expected, rtol=1e-12, atol=1e-12)
 
 
@@ -188,8 +180,7 @@ def test_half_precision_vertices_are_scored_in_float32(dtype):
     blocks = Blocks.build(store.keys, "layer")
     table = score_vertices([grad], theta, names, InMemoryVertexStore(half).tensor, blocks)
     exact = {n: {k: v.float() for k, v in sd.items()} for n, sd in half.items()}
-    expected = _reference_scores([grad], theta, exact, names, blocks)
-    scale = _reference_scale([grad], theta, exact, names, blocks)
+    expected, scale = _reference([grad], theta, exact, names, blocks)
     assert bool(((table.inner - expected).abs() <= 1e-6 * scale).all())
 
 
