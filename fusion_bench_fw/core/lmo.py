@@ -8,6 +8,7 @@ per-block hulls, so the LMO decomposes into one argmin per block.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
@@ -66,8 +67,50 @@ class ScoreTable:
         return float(-self.inner[gradient_index].min(dim=0).values.sum())
 
 
-def _dot64(a: Tensor, b: Tensor) -> Tensor:
-    return torch.sum(a.reshape(-1).double() * b.reshape(-1).double())
+# Elements per chunk of the CPU dot products: the float32 difference buffer stays in L2
+# cache and float32 accumulation error stays negligible; chunk sums add up in float64.
+CPU_CHUNK = 1 << 16
+# On accelerators one kernel per tensor (launch overhead dominates small chunks; the
+# device BLAS reduces in a tree, so float32 accumulation is already accurate).
+DEVICE_CHUNK = 1 << 26
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Scores are formed in float32 at least (bf16/fp16 differences lose too many bits)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+@contextlib.contextmanager
+def _exact_float32_matmul():
+    """BLAS dots in true float32: TF32 / reduced-precision settings would spoil the scores."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def chunked_dots(grads: Sequence[Tensor], theta: Tensor, vertex: Tensor, scratch: Tensor, chunk: int) -> Tensor:
+    """``[<g, vertex - theta> for g in grads]`` as float64, reading ``vertex`` once.
+
+    All arguments are flat tensors of the work dtype (``vertex`` may be any dtype: it is
+    cast chunk by chunk). Per chunk, the difference goes to ``scratch`` (no allocation) and
+    each gradient takes one BLAS dot with it; chunk results accumulate in float64.
+    """
+    n = theta.numel()
+    if n == 0:
+        return torch.zeros(len(grads), dtype=torch.float64, device=theta.device)
+    parts = []
+    for begin in range(0, n, chunk):
+        stop = min(n, begin + chunk)
+        diff = torch.sub(vertex[begin:stop], theta[begin:stop], out=scratch[: stop - begin])
+        if len(grads) == 1:
+            parts.append(torch.dot(grads[0][begin:stop], diff))
+        else:
+            parts.append(torch.stack([torch.dot(g[begin:stop], diff) for g in grads]))
+    total = torch.stack(parts).to(torch.float64).sum(dim=0)
+    return total.reshape(len(grads))
 
 
 def score_vertices(
@@ -80,31 +123,43 @@ def score_vertices(
 ) -> ScoreTable:
     """One streaming pass: for each tensor name, read that tensor of every vertex once.
 
-    Peak extra memory is one vertex tensor (plus its difference to the iterate); every
-    candidate is read exactly once per pass whatever the number of gradients.
+    Candidate data resident at a time: one vertex tensor as the reader gives it (a
+    zero-copy view for memory-mapped stores) plus one chunk of its difference to the
+    iterate. Every candidate is read exactly once per pass whatever the number of
+    gradients; <g, v - theta> is formed in float32 chunks accumulated in float64 (see
+    :func:`chunked_dots`), so it matches a float64 computation to float32 rounding of the
+    difference, relative to ||g|| ||v - theta||.
     """
     n_grad, n_vert = len(gradients), len(vertex_names)
     device = next(iter(iterate.values())).device
+    chunk = CPU_CHUNK if device.type == "cpu" else DEVICE_CHUNK
     inner = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64, device=device)
-    cos = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64) if cosine else None
-    with torch.no_grad():
+    cos = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64, device=device) if cosine else None
+    largest = max(iterate[k].numel() for k in blocks.keys)
+    scratch: Dict[torch.dtype, Tensor] = {}
+    with torch.no_grad(), _exact_float32_matmul():
         for key in blocks.keys:
             b = blocks.block_of[key]
-            theta = iterate[key]
-            grads = [g[key] for g in gradients]
-            grad_norms = [float(torch.linalg.vector_norm(g.double())) for g in grads] if cosine else None
+            work = _work_dtype(iterate[key].dtype)
+            if work not in scratch:
+                scratch[work] = torch.empty(max(1, min(chunk, largest)), dtype=work, device=device)
+            theta = iterate[key].reshape(-1).to(work)
+            grads = [g[key].reshape(-1).to(device=device, dtype=work) for g in gradients]
+            if cosine:
+                grad_norms = torch.stack([torch.linalg.vector_norm(g).to(torch.float64) for g in grads])
+                grad_dot_theta = chunked_dots(grads, torch.zeros_like(theta), theta, scratch[work], chunk)
             for i, name in enumerate(vertex_names):
-                v = read_vertex(name, key).to(device=theta.device, dtype=theta.dtype)
-                diff = v - theta
-                v_norm = float(torch.linalg.vector_norm(v.double())) if cosine else 0.0
-                for gi, g in enumerate(grads):
-                    inner[gi, i, b] += _dot64(g, diff)
-                    if cosine:
-                        denom = grad_norms[gi] * v_norm
-                        if denom > 0:
-                            cos[gi, i, b] += float(_dot64(g, v)) / denom
-                del v, diff
-    return ScoreTable(list(vertex_names), inner.cpu(), cos)
+                vertex = read_vertex(name, key).reshape(-1).to(device=device)
+                scores = chunked_dots(grads, theta, vertex, scratch[work], chunk)
+                inner[:, i, b] += scores
+                if cosine:
+                    # <g, v> = <g, v - theta> + <g, theta>: no second pass over the vertex
+                    v_norm = torch.linalg.vector_norm(vertex.to(work)).to(torch.float64)
+                    denom = grad_norms * v_norm
+                    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+                    cos[:, i, b] += torch.where(denom > 0, (scores + grad_dot_theta) / safe, torch.zeros_like(denom))
+                del vertex
+    return ScoreTable(list(vertex_names), inner.cpu(), cos.cpu() if cos is not None else None)
 
 
 def select_hard(scores: Tensor) -> Tensor:

@@ -518,13 +518,15 @@ def _soft_update(objective, theta, vertices: _Vertices, blocks: Blocks, chosen, 
         trace.append(lg.loss)
         if lg.loss < best_loss:
             best_loss, best_lam = lg.loss, lam.detach().clone()
-        grad = torch.zeros_like(lam)
+        # one BLAS dot per (vertex, tensor) on the compute device, one transfer per step
         g = lg.grads[0]
+        grad = torch.zeros(lam.shape, dtype=torch.float64, device=g[keys[0]].device)
         for key in keys:
+            flat = g[key].reshape(-1).float()
             for j in range(k):
-                grad[j, col_of[key]] += torch.sum(g[key].double() * deltas[j][key].double())
+                grad[j, col_of[key]] += torch.dot(flat, deltas[j][key].reshape(-1).float()).double()
         optimiser.zero_grad()
-        lam.grad = grad
+        lam.grad = grad.cpu()
         optimiser.step()
         with torch.no_grad():
             lam.copy_(_project(lam, config.soft_constraint))
