@@ -43,18 +43,11 @@ class Communicator:
         return [x for i, x in enumerate(items) if self.owns(i)]
 
     def sum_tensors(self, tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        """All-reduce a dict of tensors in one flat float64 buffer (one collective call)."""
+        """All-reduce each tensor in its own dtype: no flat copy of a whole gradient (for a
+        large model a float64 buffer of all of it would cost more than the model)."""
         if not self.distributed:
             return dict(tensors)
-        keys = list(tensors)
-        flat = torch.cat([tensors[k].reshape(-1).double() for k in keys])
-        flat = self.all_reduce_sum(flat)
-        out, offset = {}, 0
-        for k in keys:
-            t = tensors[k]
-            out[k] = flat[offset : offset + t.numel()].reshape(t.shape).to(t.dtype)
-            offset += t.numel()
-        return out
+        return {k: self.all_reduce_sum(t) for k, t in tensors.items()}
 
     def sum_floats(self, values: Sequence[float], device="cpu") -> List[float]:
         if not self.distributed:
