@@ -459,11 +459,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings = dict(ada_steps=a.ada_steps, ada_batch=a.ada_batch, fw_iters=2, fw_n=a.n_per_task)
         report["end_to_end"] = end_to_end(root, out / "cli", settings, a.threads)
     report["seconds"] = time.perf_counter() - t0
-    (out / "perf.json").write_text(json.dumps(report, indent=1))
-    text = render(report)
-    (out / "perf.md").write_text(text + "\n")
-    print(text)
+    write_report(out, "perf", report, render)
     return 0
+
+
+def write_report(out: Path, stem: str, report: dict, render) -> None:
+    """``<stem>.json`` (everything measured) and ``<stem>.md`` (the rendered tables), printed too."""
+    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
+    text = render(report)
+    (out / f"{stem}.md").write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

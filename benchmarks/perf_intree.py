@@ -273,10 +273,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                 threads=a.threads, cpu_smoke=a.cpu_smoke, unpatched=a.unpatched),
                   seconds=time.perf_counter() - t0,
                   command="python benchmarks/perf_intree.py " + " ".join(argv if argv is not None else sys.argv[1:]))
-    (out / "perf_intree.json").write_text(json.dumps(report, indent=1))
-    text = render(report)
-    (out / "perf_intree.md").write_text(text + "\n")
-    print(text)
+    perf.write_report(out, "perf_intree", report, render)
     return 0
 
 
