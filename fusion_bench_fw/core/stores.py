@@ -121,6 +121,17 @@ def read_safetensors_header(path: str) -> Tuple[int, Dict[str, dict]]:
     return data_start, header
 
 
+def checkpoint_header(name: str, path: str) -> Tuple[int, Dict[str, dict]]:
+    """:func:`read_safetensors_header`, failing with a :class:`StoreError` that names the checkpoint."""
+    try:
+        return read_safetensors_header(path)
+    except Exception as exc:  # OSError, bad JSON, bad offsets
+        raise StoreError(
+            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
+            "the file is missing, truncated or corrupt: re-download or re-save it"
+        ) from exc
+
+
 class SafetensorsVertexStore(VertexStore):
     """Checkpoints in ``.safetensors`` files, memory-mapped and read tensor by tensor.
 
@@ -160,13 +171,7 @@ class SafetensorsVertexStore(VertexStore):
         self._shapes: Dict[str, Shape] = dict(shapes or {})
         for name in self.names:
             path = self.paths[name]
-            try:
-                data_start, header = read_safetensors_header(path)
-            except Exception as exc:  # OSError, bad JSON, bad offsets
-                raise StoreError(
-                    f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
-                    "the file is missing, truncated or corrupt: re-download or re-save it"
-                ) from exc
+            data_start, header = checkpoint_header(name, path)
             entries = {}
             for key in self.keys:
                 file_key = self._key_in_file[name].get(key, key)

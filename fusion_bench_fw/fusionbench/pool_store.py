@@ -21,6 +21,7 @@ from fusion_bench_fw.core.stores import (
     SafetensorsVertexStore,
     StoreError,
     VertexStore,
+    read_safetensors_header,
     spill_to_safetensors,
 )
 
@@ -50,14 +51,11 @@ def spilled_path(modelpool, name: str, cache_dir: str) -> str:
 
 
 def _matches(path: str, shapes: Mapping[str, tuple]) -> bool:
-    from safetensors import safe_open
-
     try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            names = set(f.keys())
-            return all(k in names and tuple(f.get_slice(k).get_shape()) == s for k, s in shapes.items())
+        _, header = read_safetensors_header(path)
     except Exception:
         return False
+    return all(k in header and tuple(header[k]["shape"]) == s for k, s in shapes.items())
 
 
 def full_weights(model):

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
-from fusion_bench_fw.core.stores import StoreError, VertexStore
+from fusion_bench_fw.core.stores import StoreError, VertexStore, checkpoint_header
 
 from .pool_store import build_vertex_store, check_finite, full_weights, local_safetensors_file, spilled_path
 
@@ -68,16 +68,8 @@ def check_target_samples(modelpool, targets: Sequence[str], n_per_task: int, all
 
 
 def _safetensors_header(name: str, path: str) -> Header:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt", device="cpu") as f:
-            return {k: (tuple(f.get_slice(k).get_shape()), str(f.get_slice(k).get_dtype())) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several error types
-        raise StoreError(
-            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
-            "the file is missing, truncated or corrupt: re-download or re-save it"
-        ) from exc
+    _, header = checkpoint_header(name, path)
+    return {k: (tuple(info["shape"]), info["dtype"]) for k, info in header.items()}
 
 
 def load_model_checked(modelpool, name: str) -> torch.nn.Module:
