@@ -123,10 +123,15 @@ def lmo_vertex_names(
     names = list(candidates)
     if config.include_pretrained_vertex and pretrained is not None:
         names.append(pretrained)
-    support = [n for n, c in init_coefficients.items() if c != 0]
-    if config.include_init_vertex and not (len(support) == 1 and support[0] in names):
+    if config.include_init_vertex and single_checkpoint(init_coefficients) not in names:
         names.append(INIT_VERTEX)
     return names
+
+
+def single_checkpoint(coefficients: Mapping[str, float]) -> Optional[str]:
+    """The checkpoint a combination is, when it has one non-zero term (else None)."""
+    support = [n for n, c in coefficients.items() if c != 0]
+    return support[0] if len(support) == 1 else None
 
 
 def effective_k(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> Optional[int]:
@@ -214,6 +219,7 @@ class _Vertices:
         self._pseudo: Dict[str, Dict[str, Tensor]] = {}
         self._rows: Dict[str, Tensor] = {}
         self.names: List[str] = []
+        self.anchor: Optional[str] = None  # scored for the gap, never selected
         for name in candidates:
             self.add_stored(name)
 
@@ -233,8 +239,6 @@ class _Vertices:
         self.anchor = name
         if params is not None:
             self._pseudo[name] = params
-
-    anchor: Optional[str] = None
 
     @property
     def scored(self) -> List[str]:
@@ -306,13 +310,13 @@ def frank_wolfe(
             vertices.add_pseudo(INIT_VERTEX, {k: v.clone() for k, v in theta.items()}, alpha.clone())
         else:
             vertices.add_stored(name)
-    init_support = [n for n, c in init_coefficients.items() if c != 0]
-    if INIT_VERTEX not in vertices.names and not (len(init_support) == 1 and init_support[0] in vertices.names):
+    start_point = single_checkpoint(init_coefficients)
+    if INIT_VERTEX not in vertices.names and start_point not in vertices.names:
         # The iterate may keep weight on its starting point (FW-soft on the capped simplex, damped
         # steps), so it lives in conv(vertices + start): the gap is taken over that set, or it can
         # go negative and stop a gap_tol run for the wrong reason. The start is scored, never picked.
-        if len(init_support) == 1:
-            vertices.add_anchor(init_support[0])  # a stored checkpoint (e.g. the pretrained model)
+        if start_point is not None:
+            vertices.add_anchor(start_point)  # a stored checkpoint (e.g. the pretrained model)
         else:
             vertices.add_anchor(INIT_VERTEX, {k: v.clone() for k, v in theta.items()})
     k = effective_k(config, len(objective.task_names), len(vertices.names))
