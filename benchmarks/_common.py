@@ -10,9 +10,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
 
 from fusion_bench_fw.offline import OFFLINE_ENV
 
@@ -21,11 +21,44 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 # The real protocol: FusionBench's ViT-B/32 pools, through the plugin's aliases.
 HUB_TASKS = {
     "TA8": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"],
-    "TA14": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd",
-             "oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100"],
-    "TA20": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd",
-             "oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100",
-             "cifar10", "food101", "fashion_mnist", "emnist_letters", "kmnist", "rendered-sst2"],
+    "TA14": [
+        "sun397",
+        "stanford-cars",
+        "resisc45",
+        "eurosat",
+        "svhn",
+        "gtsrb",
+        "mnist",
+        "dtd",
+        "oxford_flowers102",
+        "pcam",
+        "fer2013",
+        "oxford-iiit-pet",
+        "stl10",
+        "cifar100",
+    ],
+    "TA20": [
+        "sun397",
+        "stanford-cars",
+        "resisc45",
+        "eurosat",
+        "svhn",
+        "gtsrb",
+        "mnist",
+        "dtd",
+        "oxford_flowers102",
+        "pcam",
+        "fer2013",
+        "oxford-iiit-pet",
+        "stl10",
+        "cifar100",
+        "cifar10",
+        "food101",
+        "fashion_mnist",
+        "emnist_letters",
+        "kmnist",
+        "rendered-sst2",
+    ],
 }
 
 CUDA_PATTERNS = (
@@ -51,13 +84,13 @@ def fusion_bench_executable() -> str:
 @dataclass
 class RunResult:
     label: str
-    args: List[str]
+    args: list[str]
     status: str  # ok | needs CUDA | failed
     seconds: float
-    accuracy: Dict[str, float] = field(default_factory=dict)  # task -> accuracy in [0, 1]
-    average: Optional[float] = None
-    error: Optional[str] = None
-    log_dir: Optional[str] = None
+    accuracy: dict[str, float] = field(default_factory=dict)  # task -> accuracy in [0, 1]
+    average: float | None = None
+    error: str | None = None
+    log_dir: str | None = None
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -75,7 +108,7 @@ def run_fusion_bench(
     label: str,
     args: Sequence[str],
     out_dir: Path,
-    env: Optional[Dict[str, str]] = None,
+    env: dict[str, str] | None = None,
     threads: int = 2,
     timeout: float = 3600,
     verbose: bool = True,
@@ -107,7 +140,12 @@ def run_fusion_bench(
     t0 = time.perf_counter()
     try:
         proc = subprocess.run(
-            [fusion_bench_executable(), *cli], cwd=out_dir, env=full_env, capture_output=True, text=True, timeout=timeout
+            [fusion_bench_executable(), *cli],
+            cwd=out_dir,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         output, rc = (proc.stdout or "") + (proc.stderr or ""), proc.returncode
     except subprocess.TimeoutExpired as e:
@@ -122,7 +160,7 @@ def run_fusion_bench(
     return result
 
 
-def _accuracies(report) -> Dict[str, float]:
+def _accuracies(report) -> dict[str, float]:
     """``{task: accuracy}`` of a report; a report that nests several evaluated models
     (Surgery: ``{"adamerging": {...}, "surgery": {...}}``) gives its last one."""
     acc = {k: float(v["accuracy"]) for k, v in report.items() if isinstance(v, dict) and "accuracy" in v}
@@ -132,7 +170,7 @@ def _accuracies(report) -> Dict[str, float]:
     return _accuracies(nested[-1]) if nested else {}
 
 
-def _result(label: str, cli: List[str], out_dir: Path, output: str, rc: int, seconds: float) -> RunResult:
+def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, seconds: float) -> RunResult:
     result = RunResult(label=label, args=cli, status="ok", seconds=seconds, log_dir=str(out_dir / "log"))
     reports = sorted(out_dir.rglob("program_report.json"))
     if rc != 0 or not reports:
@@ -155,7 +193,7 @@ def quote(value: str) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = ()) -> List[str]:
+def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = ()) -> list[str]:
     """Hydra overrides removing models (and their data sets) from the composed model pool.
 
     ``keep_clip_tasks``: names whose CLIP task registration stays (tasks FW still targets:
@@ -172,10 +210,18 @@ def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Se
 
 def add_run_options(parser, full: dict, quick: dict) -> None:
     """Options both scripts share: reuse, threads, and one flag per step-count setting."""
-    parser.add_argument("--reuse", action="store_true",
-                        help="reuse a run whose folder in --out holds a successful run with the same arguments")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per fusion_bench run (1: the tiny models "
-                        "gain nothing from more, and 2 threads thrash on shared cores)")
+    parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse a run whose folder in --out holds a successful run with the same arguments",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per fusion_bench run (1: the tiny models "
+        "gain nothing from more, and 2 threads thrash on shared cores)",
+    )
     for k, v in full.items():
         parser.add_argument("--" + k.replace("_", "-"), type=int, default=None, help=f"default {v} (quick: {quick[k]})")
 
@@ -200,5 +246,5 @@ def check_threads(threads: int):
         print(f"note: load average {load:.1f} on {cores} cores; timings will be inflated", file=sys.stderr)
 
 
-def fmt(x: Optional[float]) -> str:
+def fmt(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"

@@ -24,11 +24,17 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
-    HUB_TASKS, RunResult, add_run_options, drop_models, fmt, quote, resolve_settings, run_fusion_bench,
+    HUB_TASKS,
+    RunResult,
+    add_run_options,
+    drop_models,
+    fmt,
+    quote,
+    resolve_settings,
+    run_fusion_bench,
 )
 
 # (row, group, CLI method args); group "individual" is expanded per task
@@ -37,16 +43,28 @@ from _common import (  # noqa: E402
 FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, n_per_task=100)
 QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, n_per_task=32)
 ALL_METHODS = (
-    "pretrained", "individual", "simple_average", "task_arithmetic", "ties_merging",
-    "adamerging_task_wise", "adamerging_layer_wise", "surgery", "fusionbench_fw_soft",
-    "fusionbench_fw_hard", "fw_hard", "fw_soft",
+    "pretrained",
+    "individual",
+    "simple_average",
+    "task_arithmetic",
+    "ties_merging",
+    "adamerging_task_wise",
+    "adamerging_layer_wise",
+    "surgery",
+    "fusionbench_fw_soft",
+    "fusionbench_fw_hard",
+    "fw_hard",
+    "fw_soft",
 )
 
 
-def method_args(name: str, s: dict, run_dir: Path, device_args: List[str]) -> List[str]:
+def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> list[str]:
     ada_common = [
-        f"method.max_steps={s['ada_steps']}", "method.num_workers=0", "method.batch_size=16",
-        f"method.cache_dir={quote(run_dir)}", "method.save_merging_weights=merging_weights.pt",
+        f"method.max_steps={s['ada_steps']}",
+        "method.num_workers=0",
+        "method.batch_size=16",
+        f"method.cache_dir={quote(run_dir)}",
+        "method.save_merging_weights=merging_weights.pt",
     ]
     fw_common = [f"method.max_iters={s['fw_iters']}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     return {
@@ -57,16 +75,23 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: List[str]) -> Li
         "adamerging_task_wise": ["method=adamerging/clip", "method.name=clip_task_wise_adamerging", *ada_common],
         "adamerging_layer_wise": ["method=adamerging/clip", "method.name=clip_layer_wise_adamerging", *ada_common],
         "surgery": [
-            "method=surgery/adamerging_surgery", *ada_common,
-            f"method.surgery_steps={s['surgery_steps']}", f"method.eval_iterations={max(1, s['surgery_steps'] // 2)}",
+            "method=surgery/adamerging_surgery",
+            *ada_common,
+            f"method.surgery_steps={s['surgery_steps']}",
+            f"method.eval_iterations={max(1, s['surgery_steps'] // 2)}",
         ],
         # FusionBench's in-tree FW (hard-codes .cuda()); init_weight=base as its yaml default crashes
         "fusionbench_fw_soft": [
-            "method=fw_merging/fw_soft", "method.init_weight=base", f"method.max_iters={s['fw_iters']}",
-            f"method.ada_iters={s['fw_inner']}", f"method.dataset_size={s['n_per_task']}",
+            "method=fw_merging/fw_soft",
+            "method.init_weight=base",
+            f"method.max_iters={s['fw_iters']}",
+            f"method.ada_iters={s['fw_inner']}",
+            f"method.dataset_size={s['n_per_task']}",
         ],
         "fusionbench_fw_hard": [
-            "method=fw_merging/fw_hard", "method.init_weight=base", f"method.max_iters={s['fw_iters']}",
+            "method=fw_merging/fw_hard",
+            "method.init_weight=base",
+            f"method.max_iters={s['fw_iters']}",
             f"method.dataset_size={s['n_per_task']}",
         ],
         "fw_hard": ["method=fw_hard", *fw_common],
@@ -76,14 +101,14 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: List[str]) -> Li
 
 def run_leaderboard(
     out: Path,
-    pools: Tuple[str, str],
-    tasks: List[str],
+    pools: tuple[str, str],
+    tasks: list[str],
     settings: dict,
     methods=ALL_METHODS,
-    env: Optional[Dict[str, str]] = None,
-    device_args: Optional[List[str]] = None,
+    env: dict[str, str] | None = None,
+    device_args: list[str] | None = None,
     threads: int = 1,
-    drop_tasks: Optional[List[str]] = None,
+    drop_tasks: list[str] | None = None,
     reuse: bool = False,
 ) -> dict:
     """``drop_tasks``: tasks of the pools left out (their models and data sets)."""
@@ -92,7 +117,7 @@ def run_leaderboard(
     base = [f"modelpool={modelpool}", f"taskpool={taskpool}"]
     for t in drop_tasks or []:
         base += [*drop_models([t]), f"~modelpool.train_datasets.{t}", f"~taskpool.test_datasets.{t}"]
-    rows: List[dict] = []
+    rows: list[dict] = []
     for name in methods:
         if name == "individual":
             per_task, secs, statuses = {}, 0.0, set()
@@ -101,8 +126,17 @@ def run_leaderboard(
                 # the task's fine-tuned model takes the pretrained slot; method=dummy returns it
                 r = run_fusion_bench(
                     f"individual/{t}",
-                    [*base, "method=dummy", f"modelpool.models._pretrained_=${{modelpool.models.{t}}}", *others, *device_args],
-                    out / "runs" / "individual" / t, env=env, threads=threads, reuse=reuse,
+                    [
+                        *base,
+                        "method=dummy",
+                        f"modelpool.models._pretrained_=${{modelpool.models.{t}}}",
+                        *others,
+                        *device_args,
+                    ],
+                    out / "runs" / "individual" / t,
+                    env=env,
+                    threads=threads,
+                    reuse=reuse,
                 )
                 secs += r.seconds
                 statuses.add(r.status)
@@ -110,12 +144,28 @@ def run_leaderboard(
                     per_task[t] = r.accuracy.get(t)
             ok = statuses == {"ok"}
             avg = sum(per_task.values()) / len(per_task) if ok else None
-            rows.append(dict(method="individual", status="ok" if ok else "/".join(sorted(statuses)),
-                             accuracy=per_task, average=avg, seconds=round(secs, 1), error=None))
+            rows.append(
+                dict(
+                    method="individual",
+                    status="ok" if ok else "/".join(sorted(statuses)),
+                    accuracy=per_task,
+                    average=avg,
+                    seconds=round(secs, 1),
+                    error=None,
+                )
+            )
             continue
-        r: RunResult = run_fusion_bench(name, [*base, *method_args(name, settings, out / "runs" / name, device_args)],
-                                        out / "runs" / name, env=env, threads=threads, reuse=reuse)
-        rows.append(dict(method=name, status=r.status, accuracy=r.accuracy, average=r.average, seconds=r.seconds, error=r.error))
+        r: RunResult = run_fusion_bench(
+            name,
+            [*base, *method_args(name, settings, out / "runs" / name, device_args)],
+            out / "runs" / name,
+            env=env,
+            threads=threads,
+            reuse=reuse,
+        )
+        rows.append(
+            dict(method=name, status=r.status, accuracy=r.accuracy, average=r.average, seconds=r.seconds, error=r.error)
+        )
     ind = next((r for r in rows if r["method"] == "individual" and r["status"] == "ok"), None)
     for r in rows:  # normalised accuracy: merged / individual fine-tuned, averaged over tasks
         if ind and r["status"] == "ok" and all(t in r["accuracy"] for t in tasks):
@@ -132,7 +182,11 @@ def to_markdown(result: dict) -> str:
     for r in result["rows"]:
         accs = [fmt(r["accuracy"].get(t)) for t in tasks]
         status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
-        lines.append("| " + " | ".join([r["method"], *accs, fmt(r["average"]), fmt(r["normalized"]), f"{r['seconds']:.0f}", status]) + " |")
+        lines.append(
+            "| "
+            + " | ".join([r["method"], *accs, fmt(r["average"]), fmt(r["normalized"]), f"{r['seconds']:.0f}", status])
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -153,13 +207,23 @@ def plot(result: dict, path: Path):
     for i in range(grid.shape[0]):
         for j in range(grid.shape[1]):
             if not np.isnan(grid[i, j]):
-                ax1.text(j, i, f"{grid[i, j]:.0f}", ha="center", va="center", color="w" if grid[i, j] < 60 else "k", fontsize=8)
+                ax1.text(
+                    j,
+                    i,
+                    f"{grid[i, j]:.0f}",
+                    ha="center",
+                    va="center",
+                    color="w" if grid[i, j] < 60 else "k",
+                    fontsize=8,
+                )
     fig.colorbar(im, ax=ax1, label="accuracy (%)")
     ax1.set_title(f"per-task accuracy ({result['modelpool']})")
     y = np.arange(len(rows))
     ax2.barh(y, [100 * r["average"] for r in rows], color="tab:blue")
     for i, r in enumerate(rows):
-        ax2.text(100 * r["average"] + 0.5, i, f"{100 * r['average']:.1f}  ({r['seconds']:.0f}s)", va="center", fontsize=8)
+        ax2.text(
+            100 * r["average"] + 0.5, i, f"{100 * r['average']:.1f}  ({r['seconds']:.0f}s)", va="center", fontsize=8
+        )
     ax2.set_yticks(y, [""] * len(rows))
     ax2.set_ylim(ax1.get_ylim())
     ax2.set_xlim(0, 115)
@@ -176,9 +240,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
     p.add_argument("--pool", default="mini_TA8", help="mini model pool (mini_TA8 or mini_TA20)")
-    p.add_argument("--hub", choices=sorted(HUB_TASKS), default=None,
-                   help="run the real protocol on clip-vit-b32_<TA8|TA14|TA20> (needs a hub and a GPU)")
-    p.add_argument("--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)")
+    p.add_argument(
+        "--hub",
+        choices=sorted(HUB_TASKS),
+        default=None,
+        help="run the real protocol on clip-vit-b32_<TA8|TA14|TA20> (needs a hub and a GPU)",
+    )
+    p.add_argument(
+        "--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)"
+    )
     p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
     p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
@@ -193,8 +263,11 @@ def main(argv=None) -> int:
     else:
         from fusion_bench_fw.offline import minibench
 
-        params = minibench.BuildParams(scope="ta8" if args.pool == "mini_TA8" else "all",
-                                       **(minibench.QUICK if args.quick else {}), threads=args.threads)
+        params = minibench.BuildParams(
+            scope="ta8" if args.pool == "mini_TA8" else "all",
+            **(minibench.QUICK if args.quick else {}),
+            threads=args.threads,
+        )
         manifest = minibench.build(args.root, params)
         env[minibench.ENV_VAR] = manifest["root"]
         pools = (args.pool, args.pool)
@@ -209,7 +282,9 @@ def main(argv=None) -> int:
         drop = [t for t in tasks if t not in args.tasks]
         tasks = [t for t in tasks if t in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
-    result = run_leaderboard(args.out, pools, tasks, settings, args.methods, env, device_args, args.threads, drop, args.reuse)
+    result = run_leaderboard(
+        args.out, pools, tasks, settings, args.methods, env, device_args, args.threads, drop, args.reuse
+    )
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     md = to_markdown(result)
     (args.out / "leaderboard.md").write_text(
@@ -224,7 +299,9 @@ def main(argv=None) -> int:
         print(f"plot failed: {e}", file=sys.stderr)
     print()
     print(md)
-    print(f"written: {args.out / 'leaderboard.md'}, leaderboard.json, leaderboard.png (total {result['total_seconds']}s)")
+    print(
+        f"written: {args.out / 'leaderboard.md'}, leaderboard.json, leaderboard.png (total {result['total_seconds']}s)"
+    )
     return 0
 
 

@@ -41,7 +41,6 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import List, Optional
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = Path(os.environ.get("FUSION_BENCH_FW_REPO", HERE.parent)).resolve()
@@ -62,12 +61,16 @@ def pool_config(root: Path, n: int) -> dict:
 
     names = perf.candidate_names(n)
     models = root / "models"
-    data = lambda task, split: {"_target_": "datasets.load_from_disk",  # noqa: E731
-                                "dataset_path": str(root / "data" / task / split)}
+    data = lambda task, split: {
+        "_target_": "datasets.load_from_disk",  # noqa: E731
+        "dataset_path": str(root / "data" / task / split),
+    }
     # every model name is a CLIP task (the in-tree methods build a head per model name);
     # the extra names borrow a tiny task's class names
-    clip_tasks = {name: {"classnames": list(tiny_clip.TASKS[perf.TASKS[i % len(perf.TASKS)]].classnames)}
-                  for i, name in enumerate(names)}
+    clip_tasks = {
+        name: {"classnames": list(tiny_clip.TASKS[perf.TASKS[i % len(perf.TASKS)]].classnames)}
+        for i, name in enumerate(names)
+    }
     return {
         "_target_": "fusion_bench_fw.CLIPVisionModelPoolWithTasks",
         "_recursive_": False,
@@ -85,16 +88,36 @@ def make_algorithm(spec: dict):
         from fusion_bench.method import FrankWolfeHardAlgorithm, FrankWolfeSoftAlgorithm
 
         if spec["variant"] == "hard":  # fusion_bench_config/method/fw_merging/fw_hard.yaml, shortened
-            return FrankWolfeHardAlgorithm(merge_fn="task_arithmetic", step_size=0.1, max_iters=spec["iters"],
-                                           dataset_size=spec["samples"], tasks=tasks, granularity="task",
-                                           scaling_factor=0.3)
-        return FrankWolfeSoftAlgorithm(max_iters=spec["iters"], dataset_size=spec["samples"],  # fw_soft.yaml
-                                       ada_iters=spec["ada_iters"], ada_coeff=1e-8, merge_fn="adamerging",
-                                       granularity="task", step_size=0.1, tasks=tasks, ada_loss="entropy_loss")
+            return FrankWolfeHardAlgorithm(
+                merge_fn="task_arithmetic",
+                step_size=0.1,
+                max_iters=spec["iters"],
+                dataset_size=spec["samples"],
+                tasks=tasks,
+                granularity="task",
+                scaling_factor=0.3,
+            )
+        return FrankWolfeSoftAlgorithm(
+            max_iters=spec["iters"],
+            dataset_size=spec["samples"],  # fw_soft.yaml
+            ada_iters=spec["ada_iters"],
+            ada_coeff=1e-8,
+            merge_fn="adamerging",
+            granularity="task",
+            step_size=0.1,
+            tasks=tasks,
+            ada_loss="entropy_loss",
+        )
     from fusion_bench_fw import FWHard, FWSoft
 
-    common = dict(targets=tasks, n_per_task=spec["samples"], batch_size=spec["samples"], max_iters=spec["iters"],
-                  progress=False, allow_fewer_samples=True)
+    common = dict(
+        targets=tasks,
+        n_per_task=spec["samples"],
+        batch_size=spec["samples"],
+        max_iters=spec["iters"],
+        progress=False,
+        allow_fewer_samples=True,
+    )
     if spec["variant"] == "hard":
         return FWHard(**common)
     return FWSoft(inner_steps=spec["ada_iters"], **common)
@@ -141,8 +164,9 @@ def run_child(spec: dict) -> dict:
     os.chdir(workdir)
     modelpool = instantiate(OmegaConf.create(pool_config(Path(spec["root"]), spec["n"])))
     algorithm = make_algorithm(spec)
-    algorithm.fabric = L.Fabric(accelerator="cpu" if spec["cpu_smoke"] else "cuda", devices=1,
-                                loggers=TensorBoardLogger(str(workdir / "logs")))
+    algorithm.fabric = L.Fabric(
+        accelerator="cpu" if spec["cpu_smoke"] else "cuda", devices=1, loggers=TensorBoardLogger(str(workdir / "logs"))
+    )
     algorithm.fabric.launch()
     cuda = torch.cuda.is_available() and not spec["cpu_smoke"]
     t0 = time.perf_counter()
@@ -151,9 +175,12 @@ def run_child(spec: dict) -> dict:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     n_params = sum(p.numel() for p in merged.parameters())
-    return dict(seconds=seconds, n_params=n_params,
-                peak_device_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-                device=torch.cuda.get_device_name(0) if cuda else "cpu")
+    return dict(
+        seconds=seconds,
+        n_params=n_params,
+        peak_device_mb=torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
+        device=torch.cuda.get_device_name(0) if cuda else "cpu",
+    )
 
 
 def measure(spec: dict) -> dict:
@@ -161,14 +188,24 @@ def measure(spec: dict) -> dict:
     workdir = Path(spec["workdir"])
     workdir.mkdir(parents=True, exist_ok=True)
     out, log = workdir / "child.json", workdir / "child.log"
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]),
-               PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-               FUSION_BENCH_CACHE_DIR=str(workdir / "cache"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1")
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(spec["threads"]),
+        MKL_NUM_THREADS=str(spec["threads"]),
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
+        FUSION_BENCH_CACHE_DIR=str(workdir / "cache"),
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+    )
     row = {k: spec[k] for k in ("impl", "variant", "n")}
     with open(log, "w") as f:
-        proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec),
-                                 "--child-out", str(out)], stdout=f, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec), "--child-out", str(out)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
         _, status, usage = os.wait4(proc.pid, 0)
     row["peak_rss_mb"] = usage.ru_maxrss / 1024
     if os.waitstatus_to_exitcode(status) != 0 or not out.is_file():
@@ -178,15 +215,22 @@ def measure(spec: dict) -> dict:
         print(f"[perf_intree] {row['impl']} FW-{row['variant']} N={row['n']} FAILED; log tail:\n{tail}", flush=True)
         return row
     row.update(json.loads(out.read_text()))
-    print(f"[perf_intree] {row['impl']} FW-{row['variant']} N={row['n']}: peak RSS {row['peak_rss_mb']:.0f} MiB"
-          + (f", device {row['peak_device_mb']:.0f} MiB" if row.get("peak_device_mb") else "")
-          + f", {row['seconds']:.1f} s", flush=True)
+    print(
+        f"[perf_intree] {row['impl']} FW-{row['variant']} N={row['n']}: peak RSS {row['peak_rss_mb']:.0f} MiB"
+        + (f", device {row['peak_device_mb']:.0f} MiB" if row.get("peak_device_mb") else "")
+        + f", {row['seconds']:.1f} s",
+        flush=True,
+    )
     return row
 
 
 # ------------------------------------------------------------------------------------ report
-LABELS = {("intree", "hard"): "FusionBench in-tree FW-hard", ("intree", "soft"): "FusionBench in-tree FW-soft",
-          ("plugin", "hard"): "plugin FWHard", ("plugin", "soft"): "plugin FWSoft"}
+LABELS = {
+    ("intree", "hard"): "FusionBench in-tree FW-hard",
+    ("intree", "soft"): "FusionBench in-tree FW-soft",
+    ("plugin", "hard"): "plugin FWHard",
+    ("plugin", "soft"): "plugin FWSoft",
+}
 
 
 def render(report: dict) -> str:
@@ -194,12 +238,17 @@ def render(report: dict) -> str:
     sizes = sorted({r["n"] for r in rows})
     by = {(r["impl"], r["variant"], r["n"]): r for r in rows}
     head = "| method | " + " | ".join(f"N={n}" for n in sizes) + f" | N={sizes[-1]} / N={sizes[0]} |"
-    lines = [f"Machine: {report['machine']}. Pool: CLIP ViT-B/32-shaped vision towers with random weights, "
-             f"{report['model_mib']:.0f} MiB each (float32). Settings: {s['iters']} FW iteration(s), "
-             f"{s['samples']} images per task for each gradient (4 tasks), in-tree FW-soft AdaMerging steps / plugin "
-             f"FW-soft inner steps: {s['ada_iters']}; one fresh process per cell, {s['jobs']} at a time.", ""]
-    for key, title in (("peak_rss_mb", "Peak host memory (ru_maxrss of the process, MiB)"),
-                       ("peak_device_mb", "Peak device memory (torch.cuda.max_memory_allocated, MiB)")):
+    lines = [
+        f"Machine: {report['machine']}. Pool: CLIP ViT-B/32-shaped vision towers with random weights, "
+        f"{report['model_mib']:.0f} MiB each (float32). Settings: {s['iters']} FW iteration(s), "
+        f"{s['samples']} images per task for each gradient (4 tasks), in-tree FW-soft AdaMerging steps / plugin "
+        f"FW-soft inner steps: {s['ada_iters']}; one fresh process per cell, {s['jobs']} at a time.",
+        "",
+    ]
+    for key, title in (
+        ("peak_rss_mb", "Peak host memory (ru_maxrss of the process, MiB)"),
+        ("peak_device_mb", "Peak device memory (torch.cuda.max_memory_allocated, MiB)"),
+    ):
         lines += [f"**{title}**", "", head, "|" + "---|" * (len(sizes) + 2)]
         for impl in IMPLS:
             for variant in VARIANTS:
@@ -207,8 +256,10 @@ def render(report: dict) -> str:
                 if not any(cells):
                     continue
                 vals = [c.get(key) if c and "error" not in c else None for c in cells]
-                text = [f"{v:.0f}" if v is not None else ("failed" if c and "error" in c else "-")
-                        for v, c in zip(vals, cells)]
+                text = [
+                    f"{v:.0f}" if v is not None else ("failed" if c and "error" in c else "-")
+                    for v, c in zip(vals, cells)
+                ]
                 ratio = f"{vals[-1] / vals[0]:.2f}" if vals[0] and vals[-1] else "-"
                 lines.append(f"| {LABELS[(impl, variant)]} | " + " | ".join(text) + f" | {ratio} |")
         lines.append("")
@@ -217,30 +268,42 @@ def render(report: dict) -> str:
         lines += ["**Failures**", ""] + [f"- {r['impl']} FW-{r['variant']} N={r['n']}: {r['error']}" for r in errors]
         lines.append("")
     if not s.get("unpatched") and ("intree", "hard") in {(r["impl"], r["variant"]) for r in rows}:
-        lines += ["In-tree FW-hard ran with `relax_parameter_type_check`: without it, fusion-bench 0.2.33's own "
-                  "`task_arithmetic_merge` raises `TypeError: Tensor type mismatch ... expected Parameter, got Tensor` "
-                  "in its first merge (`--unpatched` reproduces it). The shim copies nothing.", ""]
+        lines += [
+            "In-tree FW-hard ran with `relax_parameter_type_check`: without it, fusion-bench 0.2.33's own "
+            "`task_arithmetic_merge` raises `TypeError: Tensor type mismatch ... expected Parameter, got Tensor` "
+            "in its first merge (`--unpatched` reproduces it). The shim copies nothing.",
+            "",
+        ]
     lines.append(f"Total {report['seconds']:.0f} s (pool build included). Regenerate: `{report['command']}`")
     return "\n".join(lines)
 
 
-def main(argv: Optional[List[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 12, 16, 20], help="numbers of pool models N")
     p.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("--iters", type=int, default=2, help="FW iterations")
-    p.add_argument("--samples", type=int, default=4,
-                   help="images per task per gradient (in-tree dataset_size; plugin n_per_task = batch_size)")
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=4,
+        help="images per task per gradient (in-tree dataset_size; plugin n_per_task = batch_size)",
+    )
     p.add_argument("--ada-iters", type=int, default=2, help="in-tree FW-soft ada_iters; plugin FW-soft inner_steps")
     p.add_argument("--jobs", type=int, default=1, help="children at a time (peaks are per process)")
     p.add_argument("--threads", type=int, default=4, help="torch threads per child")
-    p.add_argument("--root", default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT",
-                                                    os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")))
+    p.add_argument(
+        "--root",
+        default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT", os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")),
+    )
     p.add_argument("--work", default=None, help="children's working dirs (default: OUT/children)")
     p.add_argument("--out", default="outputs/perf_intree")
-    p.add_argument("--unpatched", action="store_true",
-                   help="run the in-tree FW-hard without relax_parameter_type_check (fails in fusion-bench 0.2.33)")
+    p.add_argument(
+        "--unpatched",
+        action="store_true",
+        help="run the in-tree FW-hard without relax_parameter_type_check (fails in fusion-bench 0.2.33)",
+    )
     p.add_argument("--cpu-smoke", action="store_true", help="no GPU: .cuda() is a no-op, 2-layer towers")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--child-out", help=argparse.SUPPRESS)
@@ -259,20 +322,48 @@ def main(argv: Optional[List[str]] = None) -> int:
     info = perf.machine()
     print(f"[perf_intree] {info}", flush=True)
     pool = perf.build_pool(root, max(max(a.sizes), len(perf.TASKS)), vision, with_data=True)
-    print(f"[perf_intree] pool at {root}: {pool['n_params'] / 1e6:.1f}M parameters per model "
-          f"(built in {pool['seconds']} s)", flush=True)
-    specs = [dict(impl=impl, variant=variant, n=n, root=str(root), iters=a.iters, samples=a.samples,
-                  ada_iters=a.ada_iters, threads=a.threads, cpu_smoke=a.cpu_smoke,
-                  unpatched=a.unpatched, workdir=str(work / f"{impl}_{variant}_{n}"))
-             for n in sorted(a.sizes, reverse=True) for impl in a.impls for variant in a.variants]
+    print(
+        f"[perf_intree] pool at {root}: {pool['n_params'] / 1e6:.1f}M parameters per model "
+        f"(built in {pool['seconds']} s)",
+        flush=True,
+    )
+    specs = [
+        dict(
+            impl=impl,
+            variant=variant,
+            n=n,
+            root=str(root),
+            iters=a.iters,
+            samples=a.samples,
+            ada_iters=a.ada_iters,
+            threads=a.threads,
+            cpu_smoke=a.cpu_smoke,
+            unpatched=a.unpatched,
+            workdir=str(work / f"{impl}_{variant}_{n}"),
+        )
+        for n in sorted(a.sizes, reverse=True)
+        for impl in a.impls
+        for variant in a.variants
+    ]
     with ThreadPoolExecutor(max_workers=a.jobs) as ex:  # largest N first, so the long ones start early
         rows = list(ex.map(measure, specs))
     rows.sort(key=lambda r: (IMPLS.index(r["impl"]), VARIANTS.index(r["variant"]), r["n"]))
-    report = dict(machine=info, model_mib=pool["n_params"] * 4 / 2**20, runs=rows,
-                  settings=dict(iters=a.iters, samples=a.samples, ada_iters=a.ada_iters, jobs=a.jobs,
-                                threads=a.threads, cpu_smoke=a.cpu_smoke, unpatched=a.unpatched),
-                  seconds=time.perf_counter() - t0,
-                  command="python benchmarks/perf_intree.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+    report = dict(
+        machine=info,
+        model_mib=pool["n_params"] * 4 / 2**20,
+        runs=rows,
+        settings=dict(
+            iters=a.iters,
+            samples=a.samples,
+            ada_iters=a.ada_iters,
+            jobs=a.jobs,
+            threads=a.threads,
+            cpu_smoke=a.cpu_smoke,
+            unpatched=a.unpatched,
+        ),
+        seconds=time.perf_counter() - t0,
+        command="python benchmarks/perf_intree.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+    )
     perf.write_report(out, "perf_intree", report, render)
     return 0
 

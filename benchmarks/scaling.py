@@ -23,7 +23,6 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HUB_TASKS, add_run_options, drop_models, fmt, resolve_settings, run_fusion_bench  # noqa: E402
@@ -34,7 +33,7 @@ FULL = dict(fw_iters=10, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboa
 QUICK = dict(fw_iters=3, fw_inner=20, n_per_task=32)
 
 
-def plan(experiment: str, manifest_models: Dict[str, dict], tasks: List[str], targets: List[str], counts):
+def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], targets: list[str], counts):
     """``[(count, pool members, FW/eval task list)]`` for an experiment."""
     by_group = {}
     for name, info in manifest_models.items():
@@ -59,9 +58,13 @@ def plan(experiment: str, manifest_models: Dict[str, dict], tasks: List[str], ta
     return out
 
 
-def method_args(method: str, s: dict, eval_tasks: List[str]) -> List[str]:
-    fw = [f"method.targets=[{','.join(eval_tasks)}]", f"method.max_iters={s['fw_iters']}",
-          f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
+    fw = [
+        f"method.targets=[{','.join(eval_tasks)}]",
+        f"method.max_iters={s['fw_iters']}",
+        f"method.n_per_task={s['n_per_task']}",
+        "method.progress=false",
+    ]
     return {
         "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
         "simple_average": ["method=simple_average"],
@@ -71,12 +74,13 @@ def method_args(method: str, s: dict, eval_tasks: List[str]) -> List[str]:
     }[method]
 
 
-def run_scaling(out: Path, manifest: dict, env: dict, settings: dict, experiments, counts, methods, threads=1,
-                reuse=False) -> dict:
+def run_scaling(
+    out: Path, manifest: dict, env: dict, settings: dict, experiments, counts, methods, threads=1, reuse=False
+) -> dict:
     all_models = list(manifest["models"])
     tasks, targets = manifest["tasks"], manifest["targets"]
     results = {"settings": settings, "counts": list(counts), "methods": list(methods), "experiments": {}}
-    done: Dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
+    done: dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
     for exp in experiments:
         rows = []
         print(f"[{exp}]", flush=True)
@@ -88,11 +92,22 @@ def run_scaling(out: Path, manifest: dict, env: dict, settings: dict, experiment
                 if key not in done:
                     r = run_fusion_bench(
                         f"{exp}+{count} {method}",
-                        ["modelpool=mini_all", "taskpool=mini_TA8", *drop_models(drop, keep_clip_tasks=eval_tasks), *drop_eval,
-                         *method_args(method, settings, eval_tasks), "fabric.accelerator=cpu"],
-                        out / "runs" / f"{exp}_{count:02d}_{method}", env=env, threads=threads, reuse=reuse,
+                        [
+                            "modelpool=mini_all",
+                            "taskpool=mini_TA8",
+                            *drop_models(drop, keep_clip_tasks=eval_tasks),
+                            *drop_eval,
+                            *method_args(method, settings, eval_tasks),
+                            "fabric.accelerator=cpu",
+                        ],
+                        out / "runs" / f"{exp}_{count:02d}_{method}",
+                        env=env,
+                        threads=threads,
+                        reuse=reuse,
                     )
-                    done[key] = dict(status=r.status, average=r.average, accuracy=r.accuracy, seconds=r.seconds, error=r.error)
+                    done[key] = dict(
+                        status=r.status, average=r.average, accuracy=r.accuracy, seconds=r.seconds, error=r.error
+                    )
                 rows.append(dict(added=count, pool_size=len(members), method=method, **done[key]))
         results["experiments"][exp] = rows
     return results
@@ -102,7 +117,9 @@ def to_markdown(results: dict) -> str:
     parts = []
     for exp, rows in results["experiments"].items():
         methods = results["methods"]
-        parts.append(f"### {exp} models added (average accuracy %, {'all 8 tasks' if exp == 'relevant' else 'the 4 targets'})\n")
+        parts.append(
+            f"### {exp} models added (average accuracy %, {'all 8 tasks' if exp == 'relevant' else 'the 4 targets'})\n"
+        )
         parts.append("| added | pool | " + " | ".join(methods) + " |")
         parts.append("|" + "---|" * (len(methods) + 2))
         for count in results["counts"]:
@@ -123,9 +140,13 @@ def plot(results: dict, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {"task_arithmetic": ("Task Arithmetic", "tab:orange", "s"), "fw_hard": ("FW-hard", "tab:green", "^"),
-             "fw_soft": ("FW-soft", "tab:blue", "o"), "simple_average": ("Simple average", "tab:gray", "x"),
-             "ties_merging": ("TIES", "tab:red", "d")}
+    style = {
+        "task_arithmetic": ("Task Arithmetic", "tab:orange", "s"),
+        "fw_hard": ("FW-hard", "tab:green", "^"),
+        "fw_soft": ("FW-soft", "tab:blue", "o"),
+        "simple_average": ("Simple average", "tab:gray", "x"),
+        "ties_merging": ("TIES", "tab:red", "d"),
+    }
     for exp, rows in results["experiments"].items():
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for m in results["methods"]:
@@ -152,8 +173,12 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument("--counts", nargs="+", type=int, default=[0, 4, 8, 12, 16])
-    p.add_argument("--methods", nargs="+", default=list(METHODS),
-                   choices=["task_arithmetic", "fw_hard", "fw_soft", "simple_average", "ties_merging"])
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(METHODS),
+        choices=["task_arithmetic", "fw_hard", "fw_soft", "simple_average", "ties_merging"],
+    )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
     settings = resolve_settings(args, FULL, QUICK)
@@ -167,8 +192,9 @@ def main(argv=None) -> int:
         params = minibench.BuildParams(scope="all", **(minibench.QUICK if args.quick else {}), threads=args.threads)
         manifest = minibench.build(args.root, params)
         env = {minibench.ENV_VAR: manifest["root"]}
-        results = run_scaling(args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads,
-                              args.reuse)
+        results = run_scaling(
+            args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads, args.reuse
+        )
     results["total_seconds"] = round(time.perf_counter() - t0, 1)
     md = to_markdown(results)
     (args.out / "scaling.md").write_text(f"# Scaling experiments\n\nSettings: {json.dumps(settings)}\n\n" + md)
@@ -201,13 +227,30 @@ def run_hub(args, settings) -> dict:
             for m in args.methods:
                 r = run_fusion_bench(
                     f"{exp}+{c} {m}",
-                    ["modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA20", *[f"~modelpool.models.{d}" for d in drop],
-                     *[f"~modelpool.train_datasets.{d}" for d in drop if d not in eval_tasks],
-                     *drop_eval, *method_args(m, settings, eval_tasks)],
-                    args.out / "runs" / f"{exp}_{c:02d}_{m}", threads=args.threads, reuse=args.reuse,
+                    [
+                        "modelpool=clip-vit-b32_TA20",
+                        "taskpool=clip-vit-b32_TA20",
+                        *[f"~modelpool.models.{d}" for d in drop],
+                        *[f"~modelpool.train_datasets.{d}" for d in drop if d not in eval_tasks],
+                        *drop_eval,
+                        *method_args(m, settings, eval_tasks),
+                    ],
+                    args.out / "runs" / f"{exp}_{c:02d}_{m}",
+                    threads=args.threads,
+                    reuse=args.reuse,
                 )
-                rows.append(dict(added=c, pool_size=len(members), method=m, status=r.status, average=r.average,
-                                 accuracy=r.accuracy, seconds=r.seconds, error=r.error))
+                rows.append(
+                    dict(
+                        added=c,
+                        pool_size=len(members),
+                        method=m,
+                        status=r.status,
+                        average=r.average,
+                        accuracy=r.accuracy,
+                        seconds=r.seconds,
+                        error=r.error,
+                    )
+                )
         results["experiments"][exp] = rows
     return results
 

@@ -22,9 +22,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Optional
 
 import pytest
 
@@ -55,22 +55,21 @@ class FusionBenchRun:
     args: list
     cwd: Path
     log_dir: Path
-    report_path: Optional[Path] = None
-    report: Optional[object] = field(default=None, repr=False)
+    report_path: Path | None = None
+    report: object | None = field(default=None, repr=False)
 
     @property
     def output(self) -> str:
         return (self.proc.stdout or "") + (self.proc.stderr or "")
 
-    def check(self) -> "FusionBenchRun":
+    def check(self) -> FusionBenchRun:
         """Fail the test, with the end of the CLI's output, unless the run succeeded."""
         if self.proc.returncode != 0:
             tail = self.output[-6000:]
-            pytest.fail(f"fusion_bench {' '.join(self.args)} (cwd {self.cwd}) exited "
-                        f"{self.proc.returncode}:\n{tail}")
+            pytest.fail(f"fusion_bench {' '.join(self.args)} (cwd {self.cwd}) exited {self.proc.returncode}:\n{tail}")
         return self
 
-    def accuracies(self) -> Dict[str, float]:
+    def accuracies(self) -> dict[str, float]:
         """``{task: accuracy}`` from the report (the ``average`` entry included)."""
         assert isinstance(self.report, dict), f"no report dict in {self.log_dir}: {self.report!r}"
         return {k: v["accuracy"] for k, v in self.report.items() if isinstance(v, dict) and "accuracy" in v}
@@ -103,8 +102,8 @@ def run_fusion_bench(request, tmp_path):
 
     def run(
         args: Iterable[str],
-        cwd: Optional[os.PathLike] = None,
-        env: Optional[Dict[str, str]] = None,
+        cwd: os.PathLike | None = None,
+        env: dict[str, str] | None = None,
         tiny: bool = True,
         timeout: float = 600,
     ) -> FusionBenchRun:
@@ -125,7 +124,11 @@ def run_fusion_bench(request, tmp_path):
         cwd = Path(cwd) if cwd is not None else tmp_path
         proc = subprocess.run(
             [fusion_bench_executable(), *cli_args],
-            cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+            cwd=cwd,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
         result = FusionBenchRun(proc=proc, args=cli_args, cwd=cwd, log_dir=log_dir)
         reports = sorted(out.rglob("program_report.json")) if out.exists() else []

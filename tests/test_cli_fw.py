@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from test_cli_tiny import TINY_TASKS
 
 FAST = ["method.max_iters=3", "method.n_per_task=32", "method.progress=false"]
@@ -27,8 +26,13 @@ FAST = ["method.max_iters=3", "method.n_per_task=32", "method.progress=false"]
     ],
 )
 def test_fw_end_to_end(run_fusion_bench, repo_root, tmp_path, tiny_clip_manifest, method, granularity, where):
-    args = [f"method={method}", f"method.granularity={granularity}", *FAST,
-            "modelpool=fw_tiny_clip", "taskpool=fw_tiny_clip"]
+    args = [
+        f"method={method}",
+        f"method.granularity={granularity}",
+        *FAST,
+        "modelpool=fw_tiny_clip",
+        "taskpool=fw_tiny_clip",
+    ]
     if method == "fw_soft":
         args.append("method.inner_steps=10")
     run = run_fusion_bench(args, cwd=repo_root if where == "repo_root" else tmp_path).check()

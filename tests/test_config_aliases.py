@@ -32,6 +32,7 @@ def compose():
     """Compose FusionBench's root config in-process (with this plugin's search path)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
     from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
 
     with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
@@ -56,8 +57,11 @@ def test_alias_equals_fusion_bench_config(compose, arch, suite):
     assert list(mp.test_datasets) == TASKS[suite] and list(mp.train_datasets) == TASKS[suite]
 
     tp = compose("modelpool=clip-vit-b32_TA8", f"taskpool={alias}").taskpool
-    fb_name = f"clip-vit-classification_TA8_{arch.upper()}" if (suite == "TA8" and arch != "b32") \
+    fb_name = (
+        f"clip-vit-classification_TA8_{arch.upper()}"
+        if (suite == "TA8" and arch != "b32")
         else f"clip-vit-classification_{fb_suite}"
+    )
     tp_fb = compose("modelpool=clip-vit-b32_TA8", f"taskpool=CLIPVisionModelTaskPool/{fb_name}").taskpool
     tp_fb.base_model = base  # FusionBench has no B16/L14 variant of its TALL14/20 task pools
     assert OmegaConf.to_container(tp) == OmegaConf.to_container(tp_fb)
@@ -70,7 +74,8 @@ def test_alias_equals_fusion_bench_config(compose, arch, suite):
 def test_cli_resolves_b32_ta20_without_downloading(run_fusion_bench, tmp_path):
     run = run_fusion_bench(
         ["--cfg", "job", "method=task_arithmetic", "modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA20"],
-        cwd=tmp_path, tiny=False,
+        cwd=tmp_path,
+        tiny=False,
     ).check()
     cfg = yaml.safe_load(run.proc.stdout)
     models = cfg["modelpool"]["models"]

@@ -6,11 +6,10 @@ fast convergence are checked against the true optimum.
 
 import pytest
 import torch
+from toy import SHAPES, QuadraticObjective, random_pool
 
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe, materialise
 from fusion_bench_fw.core.stores import InMemoryVertexStore
-
-from toy import SHAPES, QuadraticObjective, random_pool
 
 N = 6
 
@@ -55,10 +54,22 @@ def test_fw_hard_gap_bounds_suboptimality_and_rate_is_one_over_t():
 
 def test_fw_hard_layerwise_reaches_a_target_only_the_product_hull_contains():
     models, store, names, target = _problem(1, layerwise_target=True)
-    task = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                       FrankWolfeConfig(granularity="task", max_iters=100, include_init_vertex=False), progress=False)
-    layer = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                        FrankWolfeConfig(granularity="layer", max_iters=100, include_init_vertex=False), progress=False)
+    task = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(granularity="task", max_iters=100, include_init_vertex=False),
+        progress=False,
+    )
+    layer = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(granularity="layer", max_iters=100, include_init_vertex=False),
+        progress=False,
+    )
     assert layer.history.final_loss < 0.05 * task.history.final_loss
     for rec in layer.history.iterations:
         assert rec.gap >= rec.loss - 1e-9
@@ -68,8 +79,16 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
     models, store, names, target = _problem(2)
     objective = QuadraticObjective(target)
     f0 = objective.loss(models["_pretrained_"])
-    config = FrankWolfeConfig(variant="soft", granularity="task", coef_granularity="task", k=N, max_iters=3,
-                              inner_steps=300, inner_lr=0.02, include_init_vertex=False)
+    config = FrankWolfeConfig(
+        variant="soft",
+        granularity="task",
+        coef_granularity="task",
+        k=N,
+        max_iters=3,
+        inner_steps=300,
+        inner_lr=0.02,
+        include_init_vertex=False,
+    )
     result = frank_wolfe(objective, store, names, {"_pretrained_": 1.0}, config, progress=False)
     assert result.history.final_loss < 1e-3 * f0
     losses = [r.loss for r in result.history.iterations] + [result.history.final_loss]
@@ -78,11 +97,24 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
 
 def test_line_search_beats_the_open_loop_step():
     models, store, names, target = _problem(3)
-    hard = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                       FrankWolfeConfig(granularity="task", step_rule="line_search", line_search_evals=30,
-                                        max_iters=15, include_init_vertex=False), progress=False)
-    plain = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                        FrankWolfeConfig(granularity="task", max_iters=15, include_init_vertex=False), progress=False)
+    hard = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(
+            granularity="task", step_rule="line_search", line_search_evals=30, max_iters=15, include_init_vertex=False
+        ),
+        progress=False,
+    )
+    plain = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(granularity="task", max_iters=15, include_init_vertex=False),
+        progress=False,
+    )
     assert hard.history.final_loss < plain.history.final_loss
 
 
@@ -107,8 +139,14 @@ def test_coefficients_reproduce_the_merge_and_stay_on_the_simplex(variant, granu
 
 def test_fw_hard_from_pretrained_ends_in_the_hull():
     models, store, names, target = _problem(5)
-    result = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                         FrankWolfeConfig(granularity="layer", max_iters=5), progress=False)
+    result = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(granularity="layer", max_iters=5),
+        progress=False,
+    )
     alpha = result.coefficients
     # gamma_0 = 1 jumps onto a vertex: the pretrained weight drops to zero after step 0
     assert torch.allclose(alpha[store.names.index("_pretrained_")], torch.zeros(alpha.shape[1], dtype=torch.float64))
@@ -117,9 +155,14 @@ def test_fw_hard_from_pretrained_ends_in_the_hull():
 
 def test_gap_tol_stops_early():
     models, store, names, target = _problem(6)
-    result = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                         FrankWolfeConfig(granularity="task", max_iters=500, gap_tol=1.0, include_init_vertex=False),
-                         progress=False)
+    result = frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(granularity="task", max_iters=500, gap_tol=1.0, include_init_vertex=False),
+        progress=False,
+    )
     assert len(result.history.iterations) < 500
     assert result.history.iterations[-1].gap <= 1.0
     assert "gap_tol" in result.history.stop_reason
@@ -133,8 +176,16 @@ def test_soft_gap_covers_the_start_it_keeps_weight_on(granularity):
     # never go negative, although every candidate alone is worse than the iterate near x*.
     models, store, names, _ = _problem(7)
     target = {k: 0.5 * models["_pretrained_"][k] + 0.5 * sum(models[n][k] for n in names) / N for k in SHAPES}
-    config = FrankWolfeConfig(variant="soft", granularity=granularity, coef_granularity="task", k=N, max_iters=6,
-                              inner_steps=200, inner_lr=0.02, include_init_vertex=False)
+    config = FrankWolfeConfig(
+        variant="soft",
+        granularity=granularity,
+        coef_granularity="task",
+        k=N,
+        max_iters=6,
+        inner_steps=200,
+        inner_lr=0.02,
+        include_init_vertex=False,
+    )
     result = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0}, config, progress=False)
     its = result.history.iterations
     assert its[-1].loss < 1e-3 * its[0].loss  # it does reach x*, which only the larger set holds

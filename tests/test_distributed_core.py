@@ -43,8 +43,7 @@ def _problem():
     batches = {}
     for task in ("a", "b"):  # 5 + 5 batches of uneven sizes: ranks get unequal shares
         batches[task] = [
-            Batch((torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)), n)
-            for n in (4, 3, 4, 2, 4)
+            Batch((torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)), n) for n in (4, 3, 4, 2, 4)
         ]
     return module, models, batches
 

@@ -18,8 +18,14 @@ from safetensors.torch import load_file
 from fusion_bench_fw.offline import tiny_lm
 
 ARGS = [
-    "method=fw_hard", "modelpool=fw_tiny_gpt2_cls", "taskpool=fw_tiny_gpt2_cls", "method.n_per_task=32",
-    "method.batch_size=8", "method.progress=false", "method.max_iters=6", "fabric.accelerator=cpu",
+    "method=fw_hard",
+    "modelpool=fw_tiny_gpt2_cls",
+    "taskpool=fw_tiny_gpt2_cls",
+    "method.n_per_task=32",
+    "method.batch_size=8",
+    "method.progress=false",
+    "method.max_iters=6",
+    "fabric.accelerator=cpu",
 ]
 
 

@@ -12,19 +12,27 @@ from __future__ import annotations
 
 import json
 import math
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from fusion_bench_fw.offline import tiny_lm
 from fusion_bench_fw.fusionbench.clip_objective import fixed_subset_indices
+from fusion_bench_fw.offline import tiny_lm
 
 N_PER_TASK = 32
 
 
 def _run(run_fusion_bench, root, method, pool, *extra):
-    args = [f"method={method}", f"modelpool={pool}", f"taskpool={pool}", f"method.n_per_task={N_PER_TASK}",
-            "method.batch_size=64", "method.progress=false", *extra]
+    args = [
+        f"method={method}",
+        f"modelpool={pool}",
+        f"taskpool={pool}",
+        f"method.n_per_task={N_PER_TASK}",
+        "method.batch_size=64",
+        "method.progress=false",
+        *extra,
+    ]
     result = run_fusion_bench(args, env={tiny_lm.ENV_VAR: str(root)}, tiny=False).check()
     history = json.loads((result.log_dir / "fw_history.json").read_text())
     return result, history
@@ -49,8 +57,10 @@ def test_gpt2_classification_fw_hard_cli_matches_independent_merge(run_fusion_be
     assert history["iterations"][-1]["loss"] < history["iterations"][0]["loss"] or history["final_loss"] < 0.2
 
     root = tiny_lm_root / "gpt2_cls" / "models"
-    states = {n: {k.removeprefix("transformer."): v for k, v in load_file(root / n / "model.safetensors").items()}
-              for n in history["basis"]}
+    states = {
+        n: {k.removeprefix("transformer."): v for k, v in load_file(root / n / "model.safetensors").items()}
+        for n in history["basis"]
+    }
     merged = _combine(history, states)
     for task in ("last_half", "first_half"):
         model = GPT2ForSequenceClassification.from_pretrained(root / task).eval()
@@ -58,7 +68,9 @@ def test_gpt2_classification_fw_hard_cli_matches_independent_merge(run_fusion_be
         assert not missing.unexpected_keys
         data = load_from_disk(str(tiny_lm_root / "gpt2_cls" / "data" / task / "test"))[:]
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])).logits
+            logits = model(
+                input_ids=torch.tensor(data["input_ids"]), attention_mask=torch.tensor(data["attention_mask"])
+            ).logits
         expected = float((logits.argmax(-1) == torch.tensor(data["labels"])).float().mean())
         assert acc[task] == pytest.approx(expected, abs=1e-6), task
     assert acc["average"] >= 0.8  # the fine-tuned heads score 1.0; the pretrained backbone ~0.6

@@ -14,6 +14,7 @@ LLAMA_TARGETS = ["code", "pubmedqa", "cnn", "piqa", "wmt"]
 def compose():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+
     from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
 
     with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):

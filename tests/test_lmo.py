@@ -3,12 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from toy import SHAPES, random_pool
 
 from fusion_bench_fw.core import lmo
 from fusion_bench_fw.core.lmo import Blocks, score_vertices, select_hard, select_per_task, select_topk
 from fusion_bench_fw.core.stores import InMemoryVertexStore
-
-from toy import SHAPES, random_pool
 
 
 def _setup(seed, n=7):
@@ -204,4 +203,6 @@ def test_inputs_are_not_modified():
     score_vertices([grad], theta, names, store.tensor, Blocks.build(store.keys, "layer"), cosine=True)
     for original, copy in zip((grad, theta), copies):
         assert all(torch.equal(original[k], copy[k]) for k in copy)
-    assert all(torch.equal(models[n][k], random_pool(7, SHAPES, seed=5, scale=0.3)[n][k]) for n in names for k in SHAPES)
+    assert all(
+        torch.equal(models[n][k], random_pool(7, SHAPES, seed=5, scale=0.3)[n][k]) for n in names for k in SHAPES
+    )

@@ -41,13 +41,20 @@ def test_lora_candidate_is_the_full_low_rank_delta(lora_pool, tmp_path):
     from transformers import AutoModelForSeq2SeqLM
 
     pool = Seq2SeqLMPool(
-        OmegaConf.create({
-            "_pretrained_": {"_target_": "transformers.AutoModelForSeq2SeqLM.from_pretrained",
-                             "pretrained_model_name_or_path": str(lora_pool / "base")},
-            "lora": {"_target_": "fusion_bench.modelpool.seq2seq_lm.modelpool.load_lora_model",
-                     "base_model_path": str(lora_pool / "base"), "peft_model_path": str(lora_pool / "adapter"),
-                     "merge_and_unload": False},
-        }),
+        OmegaConf.create(
+            {
+                "_pretrained_": {
+                    "_target_": "transformers.AutoModelForSeq2SeqLM.from_pretrained",
+                    "pretrained_model_name_or_path": str(lora_pool / "base"),
+                },
+                "lora": {
+                    "_target_": "fusion_bench.modelpool.seq2seq_lm.modelpool.load_lora_model",
+                    "base_model_path": str(lora_pool / "base"),
+                    "peft_model_path": str(lora_pool / "adapter"),
+                    "merge_and_unload": False,
+                },
+            }
+        ),
         tokenizer=None,
     )
     base = AutoModelForSeq2SeqLM.from_pretrained(lora_pool / "base")

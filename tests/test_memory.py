@@ -58,8 +58,9 @@ def candidate_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("candidates")
     g = torch.Generator().manual_seed(0)
     for name in ["_pretrained_"] + [f"m{i}" for i in range(12)]:
-        save_safetensors_atomic({f"w{j}": torch.randn(1024, 1024, generator=g) for j in range(4)},
-                                str(directory / f"{name}.safetensors"))
+        save_safetensors_atomic(
+            {f"w{j}": torch.randn(1024, 1024, generator=g) for j in range(4)}, str(directory / f"{name}.safetensors")
+        )
     return directory
 
 
@@ -67,10 +68,19 @@ def _run(directory, n, granularity):
     tests = os.path.dirname(os.path.abspath(__file__))
     # a fixed malloc mmap threshold returns every freed tensor to the system at once, so
     # RSS measures live data, not what glibc's heap happens to retain
-    env = dict(os.environ, OMP_NUM_THREADS="1", MALLOC_MMAP_THRESHOLD_="131072",
-               PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(n), granularity],
-                         capture_output=True, text=True, env=env, timeout=300)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        MALLOC_MMAP_THRESHOLD_="131072",
+        PYTHONPATH=os.pathsep.join([tests, os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(directory), str(n), granularity],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 

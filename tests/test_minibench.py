@@ -67,11 +67,20 @@ def test_quick_leaderboard_produces_a_sane_table(tmp_path):
     """Reduced run: small build (scope ta8), few steps, 4 of the 8 tasks, the main baselines and FW."""
     leaderboard = _load_script("leaderboard")
     out = tmp_path / "lb"
-    methods = ["pretrained", "individual", "simple_average", "task_arithmetic", "adamerging_task_wise",
-               "fusionbench_fw_soft", "fw_hard", "fw_soft"]
+    methods = [
+        "pretrained",
+        "individual",
+        "simple_average",
+        "task_arithmetic",
+        "adamerging_task_wise",
+        "fusionbench_fw_soft",
+        "fw_hard",
+        "fw_soft",
+    ]
     tasks = list(minibench.TARGETS)
-    rc = leaderboard.main(["--quick", "--root", str(tmp_path / "root"), "--out", str(out), "--methods", *methods,
-                           "--tasks", *tasks])
+    rc = leaderboard.main(
+        ["--quick", "--root", str(tmp_path / "root"), "--out", str(out), "--methods", *methods, "--tasks", *tasks]
+    )
     assert rc == 0
     result = json.loads((out / "leaderboard.json").read_text())
     md = (out / "leaderboard.md").read_text()

@@ -13,10 +13,13 @@ def test_pool_registers_clip_tasks():
 
     from fusion_bench_fw import CLIPVisionModelPoolWithTasks
 
-    tasks = OmegaConf.create({"fwtest_a": {"classnames": ["cat", "dog"], "templates": ["a {}.", "the {}!"]},
-                              "fwtest_b": {"classnames": ["x", "y", "z"]}})
-    pool = CLIPVisionModelPoolWithTasks({"_pretrained_": "/nonexistent", "fwtest_a": "/nonexistent"},
-                                        clip_tasks=tasks)
+    tasks = OmegaConf.create(
+        {
+            "fwtest_a": {"classnames": ["cat", "dog"], "templates": ["a {}.", "the {}!"]},
+            "fwtest_b": {"classnames": ["x", "y", "z"]},
+        }
+    )
+    pool = CLIPVisionModelPoolWithTasks({"_pretrained_": "/nonexistent", "fwtest_a": "/nonexistent"}, clip_tasks=tasks)
     assert pool.clip_task_names == ["fwtest_a", "fwtest_b"]
     assert pool.model_names == ["fwtest_a"]
     names, templates = get_classnames_and_templates("fwtest_a")

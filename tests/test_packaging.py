@@ -58,8 +58,12 @@ def test_installed_plugin_finds_its_configs(tmp_path):
         pytest.skip("fusion-bench-fw is not installed")
     assert proc.returncode == 0, proc.stderr
     _, own, fallback = proc.stdout.split()
-    for rel in ("modelpool/fw_tiny_clip.yaml", "taskpool/fw_tiny_clip.yaml",
-                "modelpool/clip-vit-b32_TA20.yaml", "taskpool/clip-vit-l14_TA14.yaml"):
+    for rel in (
+        "modelpool/fw_tiny_clip.yaml",
+        "taskpool/fw_tiny_clip.yaml",
+        "modelpool/clip-vit-b32_TA20.yaml",
+        "taskpool/clip-vit-l14_TA14.yaml",
+    ):
         assert os.path.isfile(os.path.join(own, rel)), (own, rel)
     assert os.path.isfile(os.path.join(fallback, "fabric_model_fusion.yaml"))
 

@@ -14,12 +14,11 @@ import shutil
 
 import pytest
 import torch
+from toy import QuadraticObjective
 
 from fusion_bench_fw import FWHard, FWSoft
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import InMemoryVertexStore, StoreError
-
-from toy import QuadraticObjective
 
 TASKS = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes"]
 FAST = dict(n_per_task=16, batch_size=16, max_iters=2, progress=False)
@@ -118,8 +117,11 @@ def test_missing_pretrained(pool, tmp_path, no_heavy_work):
     "problem,edit,message",
     [
         ("missing", lambda s: {k: v for k, v in s.items() if k != FC1}, rf"'broken' lacks tensor '{FC1}'"),
-        ("extra", lambda s: {**s, FC1.replace("layers.0", "layers.7"): s[FC1].clone()},
-         r"'broken' has tensor 'vision_model\.encoder\.layers\.7\.mlp\.fc1\.weight' that the pretrained model lacks"),
+        (
+            "extra",
+            lambda s: {**s, FC1.replace("layers.0", "layers.7"): s[FC1].clone()},
+            r"'broken' has tensor 'vision_model\.encoder\.layers\.7\.mlp\.fc1\.weight' that the pretrained model lacks",
+        ),
         ("shape", lambda s: {**s, FC1: s[FC1][:-1].contiguous()}, rf"'broken': tensor '{FC1}' has shape"),
     ],
 )
@@ -133,7 +135,9 @@ def test_incompatible_candidate_is_an_error_by_default(pool, tmp_path, no_heavy_
 
 def test_incompatible_candidate_is_dropped_with_a_warning_on_request(pool, tmp_path, caplog):
     models = dict(pool.default_models)
-    models["broken"] = edited_copy(models["tiny_colors"], tmp_path / "broken", lambda s: {k: v for k, v in s.items() if k != FC1})
+    models["broken"] = edited_copy(
+        models["tiny_colors"], tmp_path / "broken", lambda s: {k: v for k, v in s.items() if k != FC1}
+    )
     with caplog.at_level(logging.WARNING):
         algorithm, merged = run(FWHard, pool(models=models), tmp_path / "out", on_incompatible="skip")
     assert any("dropping model 'broken' lacks tensor" in r.getMessage() for r in caplog.records)
@@ -144,8 +148,10 @@ def test_incompatible_candidate_is_dropped_with_a_warning_on_request(pool, tmp_p
 
 def test_all_candidates_incompatible_with_skip(pool, tmp_path, no_heavy_work):
     drop = lambda s: {k: v for k, v in s.items() if k != FC1}  # noqa: E731
-    models = {"_pretrained_": pool.default_models["_pretrained_"],
-              "bad": edited_copy(pool.default_models["tiny_colors"], tmp_path / "bad", drop)}
+    models = {
+        "_pretrained_": pool.default_models["_pretrained_"],
+        "bad": edited_copy(pool.default_models["tiny_colors"], tmp_path / "bad", drop),
+    }
     with pytest.raises(ValueError, match="no candidate left to merge"):
         run(FWHard, pool(models=models), tmp_path / "out", on_incompatible="skip")
 
@@ -200,14 +206,17 @@ def test_target_without_training_split(pool, tmp_path, no_heavy_work):
 
 
 def test_fewer_samples_than_n_per_task(pool, tmp_path, no_heavy_work):
-    with pytest.raises(ValueError, match=r"'tiny_colors' has 64 training samples, fewer than n_per_task=100.*allow_fewer_samples=true"):
+    with pytest.raises(
+        ValueError, match=r"'tiny_colors' has 64 training samples, fewer than n_per_task=100.*allow_fewer_samples=true"
+    ):
         run(FWHard, pool(), tmp_path, n_per_task=100)
 
 
 def test_fewer_samples_allowed_uses_what_exists(pool, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
-        algorithm, _ = run(FWHard, pool(), tmp_path, targets=["tiny_sizes"], n_per_task=100,
-                           allow_fewer_samples=True, max_iters=1)
+        algorithm, _ = run(
+            FWHard, pool(), tmp_path, targets=["tiny_sizes"], n_per_task=100, allow_fewer_samples=True, max_iters=1
+        )
     assert any("using all 64 samples" in r.getMessage() for r in caplog.records)
     assert algorithm.history.extra["n_per_task"] == 100 and len(algorithm.history.iterations) == 1
 
@@ -219,11 +228,20 @@ def test_k_larger_than_the_pool(pool, tmp_path, no_heavy_work):
 
 @pytest.mark.parametrize(
     "option,value",
-    [("granularity", "model"), ("lmo_score", "cos"), ("step_rule", "armijo"), ("merge_fn", "dare"),
-     ("on_incompatible", "ignore"), ("step_scale", 0.0), ("step_scale", -0.5)],
+    [
+        ("granularity", "model"),
+        ("lmo_score", "cos"),
+        ("step_rule", "armijo"),
+        ("merge_fn", "dare"),
+        ("on_incompatible", "ignore"),
+        ("step_scale", 0.0),
+        ("step_scale", -0.5),
+    ],
 )
 def test_unknown_options_and_bad_step_scale_fail_at_construction(option, value):
-    expected = "step_scale must be a positive number" if option == "step_scale" else f"unknown {option} '{value}'; use one of"
+    expected = (
+        "step_scale must be a positive number" if option == "step_scale" else f"unknown {option} '{value}'; use one of"
+    )
     for cls in (FWHard, FWSoft):
         if cls is FWSoft and option == "merge_fn":
             continue  # FW-soft refuses every merge_fn but task_arithmetic, with its own message
@@ -235,7 +253,9 @@ def test_dtype_mismatch_is_cast_with_a_warning(pool, tmp_path, caplog):
     """A float16 candidate merges exactly like a float32 file holding the same (rounded) values."""
     models = dict(pool.default_models)
     half = edited_copy(models["tiny_quadrants"], tmp_path / "half", lambda s: {k: v.half() for k, v in s.items()})
-    rounded = edited_copy(models["tiny_quadrants"], tmp_path / "rounded", lambda s: {k: v.half().float() for k, v in s.items()})
+    rounded = edited_copy(
+        models["tiny_quadrants"], tmp_path / "rounded", lambda s: {k: v.half().float() for k, v in s.items()}
+    )
     with caplog.at_level(logging.WARNING):
         _, merged_half = run(FWHard, pool(models={**models, "tiny_quadrants": half}), tmp_path / "a")
     assert any("different dtypes" in r.getMessage() and "tiny_quadrants: F16" in r.getMessage() for r in caplog.records)
@@ -263,11 +283,21 @@ def test_noisy_models_are_never_selected_on_a_toy():
     clean = [f"task{i}" for i in range(4)]
     noisy = [f"noisy{i}" for i in range(3)]
     for variant, granularity in [("hard", "task"), ("hard", "layer"), ("soft", "task")]:
-        config = FrankWolfeConfig(variant=variant, granularity=granularity, max_iters=8, k=2, inner_steps=20, inner_lr=0.05)
+        config = FrankWolfeConfig(
+            variant=variant, granularity=granularity, max_iters=8, k=2, inner_steps=20, inner_lr=0.05
+        )
         init = {"_pretrained_": 1.0}
-        with_noisy = frank_wolfe(QuadraticObjective(target), InMemoryVertexStore(models), clean + noisy, init, config, progress=False)
-        without = frank_wolfe(QuadraticObjective(target), InMemoryVertexStore({k: models[k] for k in ["_pretrained_"] + clean}),
-                              clean, init, config, progress=False)
+        with_noisy = frank_wolfe(
+            QuadraticObjective(target), InMemoryVertexStore(models), clean + noisy, init, config, progress=False
+        )
+        without = frank_wolfe(
+            QuadraticObjective(target),
+            InMemoryVertexStore({k: models[k] for k in ["_pretrained_"] + clean}),
+            clean,
+            init,
+            config,
+            progress=False,
+        )
         for record in with_noisy.history.iterations:
             picked = record.selected if isinstance(record.selected, list) else list(record.selected)
             assert not set(picked) & set(noisy), (variant, granularity, record.t, record.selected)
@@ -283,8 +313,17 @@ def noisy_colors(tmp_path):
     """A tiny CLIP vision tower from another pre-training run (seed 1), fine-tuned on tiny_colors."""
     from fusion_bench_fw.offline.tiny_clip import build_tiny_clip_pool
 
-    other = build_tiny_clip_pool(tmp_path / "other", tasks=["tiny_colors"], seed=1, irrelevant=0,
-                                 n_train=8, n_test=4, n_pretrain=16, pretrain_steps=20, finetune_steps=10)
+    other = build_tiny_clip_pool(
+        tmp_path / "other",
+        tasks=["tiny_colors"],
+        seed=1,
+        irrelevant=0,
+        n_train=8,
+        n_test=4,
+        n_pretrain=16,
+        pretrain_steps=20,
+        finetune_steps=10,
+    )
     return os.path.join(other["root"], "models", "tiny_colors")
 
 
@@ -368,6 +407,7 @@ def test_merged_model_save_is_atomic(pool, tmp_path, monkeypatch):
 @pytest.mark.parametrize("preset", ["fw_hard", "fw_soft", "fw_hard_fbref", "fw_soft_fbref"])
 def test_every_preset_has_on_incompatible_error_by_default(preset):
     from hydra import compose, initialize_config_dir
+
     from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
 
     with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):

@@ -3,11 +3,10 @@ bit-identical to an uninterrupted run (the CLI kill test lives with the reliabil
 
 import pytest
 import torch
+from toy import SHAPES, QuadraticObjective, random_pool
 
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import InMemoryVertexStore
-
-from toy import SHAPES, QuadraticObjective, random_pool
 
 
 class Killed(Exception):
@@ -40,11 +39,19 @@ def test_interrupted_run_resumes_to_the_same_merge(tmp_path, variant, granularit
     ckpt = str(tmp_path / "fw_state.safetensors")
     calls_per_iter = 1 + (config.inner_steps if variant == "soft" else 0)
     with pytest.raises(Killed):
-        frank_wolfe(DiesAfter(target, die_at=3 * calls_per_iter + 2), store, names, init,
-                    config, progress=False, checkpoint_path=ckpt)
+        frank_wolfe(
+            DiesAfter(target, die_at=3 * calls_per_iter + 2),
+            store,
+            names,
+            init,
+            config,
+            progress=False,
+            checkpoint_path=ckpt,
+        )
     resumed_objective = QuadraticObjective(target)
-    resumed = frank_wolfe(resumed_objective, store, names, init, config, progress=False,
-                          checkpoint_path=ckpt, resume=True)
+    resumed = frank_wolfe(
+        resumed_objective, store, names, init, config, progress=False, checkpoint_path=ckpt, resume=True
+    )
     assert len(resumed.history.iterations) == 6
     assert resumed_objective.calls < 6 * calls_per_iter  # it really started from the checkpoint
     for key in SHAPES:
@@ -59,9 +66,23 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     names = ["m0", "m1", "m2"]
     target = models["m0"]
     ckpt = str(tmp_path / "state.safetensors")
-    frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                FrankWolfeConfig(max_iters=2), progress=False, checkpoint_path=ckpt)
+    frank_wolfe(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        FrankWolfeConfig(max_iters=2),
+        progress=False,
+        checkpoint_path=ckpt,
+    )
     with pytest.raises(ValueError, match="granularity"):
-        frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0},
-                    FrankWolfeConfig(max_iters=4, granularity="task"), progress=False,
-                    checkpoint_path=ckpt, resume=True)
+        frank_wolfe(
+            QuadraticObjective(target),
+            store,
+            names,
+            {"_pretrained_": 1.0},
+            FrankWolfeConfig(max_iters=4, granularity="task"),
+            progress=False,
+            checkpoint_path=ckpt,
+            resume=True,
+        )

@@ -12,18 +12,23 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 import torch
-
 from conftest import OFFLINE_ENV, fusion_bench_executable
 
 MAX_ITERS = 4
 # FW-soft: each iteration costs inner_steps gradient evaluations (about a second here), so the
 # kill, sent as soon as the checkpoint shows a finished iteration, lands inside a later one.
 ARGS = [
-    "method=fw_soft", "modelpool=fw_tiny_clip", "taskpool=dummy",
-    "method.granularity=task", "method.inner_steps=30", f"method.max_iters={MAX_ITERS}",
-    "method.n_per_task=32", "method.batch_size=32", "method.progress=false", "method.seed=3",
+    "method=fw_soft",
+    "modelpool=fw_tiny_clip",
+    "taskpool=dummy",
+    "method.granularity=task",
+    "method.inner_steps=30",
+    f"method.max_iters={MAX_ITERS}",
+    "method.n_per_task=32",
+    "method.batch_size=32",
+    "method.progress=false",
+    "method.seed=3",
 ]
 
 
@@ -34,13 +39,20 @@ def _env(tiny_clip_root, out: Path) -> dict:
 
 
 def _command(out: Path, *extra: str) -> list:
-    return [fusion_bench_executable(), *ARGS, f"path.output_dir={out / 'outputs'}", f"path.log_dir={out / 'log'}",
-            f"merged_model_save_path={out / 'merged'}", *extra]
+    return [
+        fusion_bench_executable(),
+        *ARGS,
+        f"path.output_dir={out / 'outputs'}",
+        f"path.log_dir={out / 'log'}",
+        f"merged_model_save_path={out / 'merged'}",
+        *extra,
+    ]
 
 
 def _run(tiny_clip_root, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(_command(out, *extra), cwd=out, env=_env(tiny_clip_root, out),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        _command(out, *extra), cwd=out, env=_env(tiny_clip_root, out), capture_output=True, text=True, timeout=600
+    )
 
 
 def _iterations_done(checkpoint: Path) -> int:
@@ -65,8 +77,11 @@ def _merged(out: Path) -> dict:
 
 
 def _hashes(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -86,8 +101,13 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_merge(tiny_clip_roo
     # the same run, SIGKILLed once its checkpoint holds a finished iteration
     checkpoint = killed / "log" / "fw_checkpoint.safetensors"
     t0 = time.perf_counter()
-    proc = subprocess.Popen(_command(killed), cwd=killed, env=_env(tiny_clip_root, killed),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(killed),
+        cwd=killed,
+        env=_env(tiny_clip_root, killed),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         while _iterations_done(checkpoint) < 1:
             assert proc.poll() is None, "the run ended before its first checkpoint"
@@ -106,7 +126,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_merge(tiny_clip_roo
 
     # restart with the same log dir and resume=true
     t0 = time.perf_counter()
-    resumed = _ok(_run(tiny_clip_root, killed, "method.resume=true"))
+    _ok(_run(tiny_clip_root, killed, "method.resume=true"))
     t_resumed = time.perf_counter() - t0
     # it continued from the checkpoint: the first iterations, timings included, are the killed run's
     assert json.loads((killed / "log" / "fw_history.json").read_text())["iterations"][:done] == saved
@@ -126,8 +146,10 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_merge(tiny_clip_roo
     assert _hashes(tiny_clip_root) == pool_before
     leftovers = [p for p in tmp_path.rglob(".tmp-*")] + [p for p in tmp_path.rglob(".old-*")]
     assert leftovers == []
-    print(f"\nkill-and-resume timing: uninterrupted {t_full:.1f} s, killed after {t_killed:.1f} s "
-          f"({done}/{MAX_ITERS} iterations saved), resumed {t_resumed:.1f} s")
+    print(
+        f"\nkill-and-resume timing: uninterrupted {t_full:.1f} s, killed after {t_killed:.1f} s "
+        f"({done}/{MAX_ITERS} iterations saved), resumed {t_resumed:.1f} s"
+    )
 
 
 def test_failed_run_reports_the_bad_model_and_leaves_no_merged_model(tiny_clip_root, tmp_path):

@@ -5,6 +5,7 @@ import os
 
 import pytest
 import torch
+from toy import SHAPES, QuadraticObjective, random_pool
 
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import (
@@ -15,8 +16,6 @@ from fusion_bench_fw.core.stores import (
     save_safetensors_atomic,
     spill_to_safetensors,
 )
-
-from toy import SHAPES, QuadraticObjective, random_pool
 
 
 def _write(models, directory):

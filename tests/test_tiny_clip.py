@@ -26,7 +26,7 @@ def test_layout_and_data_format(tiny_clip_root, tiny_clip_manifest):
     assert list(m["irrelevant"]) == ["tiny_colors_permuted"]
     assert (tiny_clip_root / "models" / "_pretrained_" / "config.json").is_file()
     assert (tiny_clip_root / "models" / "_pretrained_" / "tokenizer.json").is_file()
-    for name, entry in {**m["tasks"], **m["irrelevant"]}.items():
+    for _name, entry in {**m["tasks"], **m["irrelevant"]}.items():
         assert (tiny_clip_root / entry["model"] / "model.safetensors").is_file()
         for split, n in (("train", m["params"]["n_train"]), ("test", m["params"]["n_test"])):
             ds = load_from_disk(str(tiny_clip_root / entry["data"] / split))
@@ -92,7 +92,9 @@ def test_finetuned_models_beat_pretrained_on_their_own_task(tiny_clip_root, tiny
         entry = tiny_clip_manifest["tasks"][task]
         clip.vision_model = vision_model
         classifier = HFCLIPClassifier(clip, processor)
-        classifier.set_classification_task(entry["classnames"], [lambda c, t=t: t.format(c) for t in entry["templates"]])
+        classifier.set_classification_task(
+            entry["classnames"], [lambda c, t=t: t.format(c) for t in entry["templates"]]
+        )
         ds = load_from_disk(str(tiny_clip_root / entry["data"] / "test"))
         pixels = processor(images=[im.convert("RGB") for im in ds["image"]], return_tensors="pt")["pixel_values"]
         with torch.no_grad():
@@ -124,7 +126,10 @@ def test_cli_module_entry_point(tiny_clip_root):
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, "-m", "fusion_bench_fw.offline.tiny_clip", str(tiny_clip_root)],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"export {tiny_clip.ENV_VAR}={tiny_clip_root}" in proc.stdout

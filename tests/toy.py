@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from collections.abc import Mapping
 
 import torch
 
@@ -24,14 +24,18 @@ class QuadraticObjective:
         self.calls += 1
         grad = {k: (params[k].double() - t).to(params[k].dtype) for k, t in self.target.items()}
         value = self._value(params)
-        grads = [grad] if not per_task else [grad] + [{k: torch.zeros_like(v) for k, v in grad.items()}] * (len(self.task_names) - 1)
+        grads = (
+            [grad]
+            if not per_task
+            else [grad] + [{k: torch.zeros_like(v) for k, v in grad.items()}] * (len(self.task_names) - 1)
+        )
         return LossAndGrad(value, {self.task_names[0]: value}, grads)
 
     def loss(self, params) -> float:
         return self._value(params)
 
 
-def random_pool(n_models: int, shapes: Dict[str, tuple], seed: int = 0, scale: float = 1.0):
+def random_pool(n_models: int, shapes: dict[str, tuple], seed: int = 0, scale: float = 1.0):
     """A pretrained checkpoint and n fine-tuned ones = pretrained + random task vectors."""
     g = torch.Generator().manual_seed(seed)
     pre = {k: torch.randn(s, generator=g) for k, s in shapes.items()}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -20,7 +19,7 @@ from .stores import save_safetensors_atomic
 THETA = "theta/"
 
 
-def save_checkpoint(path: str, theta: Dict[str, Tensor], alpha: Optional[Tensor], history: RunHistory) -> None:
+def save_checkpoint(path: str, theta: dict[str, Tensor], alpha: Tensor | None, history: RunHistory) -> None:
     tensors = {THETA + k: v for k, v in theta.items()}
     if alpha is not None:
         tensors["alpha"] = alpha
@@ -28,7 +27,7 @@ def save_checkpoint(path: str, theta: Dict[str, Tensor], alpha: Optional[Tensor]
     save_safetensors_atomic(tensors, path, metadata={"history": json.dumps(history.to_dict())})
 
 
-def load_checkpoint(path: str) -> Tuple[Dict[str, Tensor], Optional[Tensor], RunHistory, Tensor]:
+def load_checkpoint(path: str) -> tuple[dict[str, Tensor], Tensor | None, RunHistory, Tensor]:
     from safetensors import safe_open
 
     try:
@@ -38,9 +37,7 @@ def load_checkpoint(path: str) -> Tuple[Dict[str, Tensor], Optional[Tensor], Run
             alpha = f.get_tensor("alpha") if "alpha" in f.keys() else None
             rng = f.get_tensor("rng_state")
     except Exception as exc:
-        raise ValueError(
-            f"cannot resume from {path!r} ({exc}); delete it to start over or set resume=false"
-        ) from exc
+        raise ValueError(f"cannot resume from {path!r} ({exc}); delete it to start over or set resume=false") from exc
     return theta, alpha, history, rng
 
 
@@ -60,5 +57,5 @@ def check_resumable(saved: RunHistory, fresh: RunHistory, path: str) -> None:
         raise ValueError(f"checkpoint {path!r} was made with other settings {diff}; delete it or set resume=false")
 
 
-def checkpoint_exists(path: Optional[str]) -> bool:
+def checkpoint_exists(path: str | None) -> bool:
     return bool(path) and os.path.exists(path)

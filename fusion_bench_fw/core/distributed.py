@@ -9,8 +9,9 @@ all ranks take the same Frank-Wolfe decisions and hold the same merge.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Sequence, TypeVar
+from typing import TypeVar
 
 import torch
 from torch import Tensor
@@ -39,17 +40,17 @@ class Communicator:
         """Round-robin ownership of work item ``index`` (batches, candidate vertices)."""
         return index % self.world_size == self.rank
 
-    def share(self, items: Sequence[T]) -> List[T]:
+    def share(self, items: Sequence[T]) -> list[T]:
         return [x for i, x in enumerate(items) if self.owns(i)]
 
-    def sum_tensors(self, tensors: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    def sum_tensors(self, tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """All-reduce each tensor in its own dtype: no flat copy of a whole gradient (for a
         large model a float64 buffer of all of it would cost more than the model)."""
         if not self.distributed:
             return dict(tensors)
         return {k: self.all_reduce_sum(t) for k, t in tensors.items()}
 
-    def sum_floats(self, values: Sequence[float], device="cpu") -> List[float]:
+    def sum_floats(self, values: Sequence[float], device="cpu") -> list[float]:
         if not self.distributed:
             return [float(v) for v in values]
         return self.all_reduce_sum(torch.tensor(list(values), dtype=torch.float64, device=device)).tolist()

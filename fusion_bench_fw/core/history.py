@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from .atomic import atomic_path
 
@@ -13,44 +13,44 @@ from .atomic import atomic_path
 class IterationRecord:
     t: int
     loss: float
-    task_losses: Dict[str, float]
+    task_losses: dict[str, float]
     grad_norm: float
     gap: float
-    step_size: Optional[float]
+    step_size: float | None
     # vertex names picked this iteration: hard -> one per block (layer-wise: counts per
     # vertex), soft -> the k selected (task-wise) or counts (layer-wise)
     selected: Any
     # the LMO score of every vertex (task-wise only; layer-wise keeps selections only)
-    scores: Optional[Dict[str, float]] = None
-    inner: Optional[Dict[str, Any]] = None
+    scores: dict[str, float] | None = None
+    inner: dict[str, Any] | None = None
     time_grad_s: float = 0.0
     time_lmo_s: float = 0.0
     time_update_s: float = 0.0
     peak_host_rss_mb: float = 0.0
-    peak_device_mb: Optional[float] = None
+    peak_device_mb: float | None = None
 
 
 @dataclass
 class RunHistory:
     variant: str
-    config: Dict[str, Any]
-    tasks: List[str]
-    basis: List[str]
-    vertices: List[str]
-    keys: List[str]
-    seed: Optional[int] = None
-    iterations: List[IterationRecord] = field(default_factory=list)
-    final_loss: Optional[float] = None
+    config: dict[str, Any]
+    tasks: list[str]
+    basis: list[str]
+    vertices: list[str]
+    keys: list[str]
+    seed: int | None = None
+    iterations: list[IterationRecord] = field(default_factory=list)
+    final_loss: float | None = None
     stop_reason: str = ""
     # theta = sum_i coefficients[i][p] * basis_i (per tensor p); None once TIES left the hull
-    coefficients: Optional[List[List[float]]] = None
-    extra: Dict[str, Any] = field(default_factory=dict)
+    coefficients: list[list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> Dict[str, Any]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "RunHistory":
+    def from_dict(cls, data: dict[str, Any]) -> RunHistory:
         data = dict(data)
         data["iterations"] = [IterationRecord(**r) for r in data.get("iterations", [])]
         return cls(**data)
@@ -59,7 +59,7 @@ class RunHistory:
         write_json_atomic(self.to_dict(), path)
 
     @classmethod
-    def load(cls, path: str) -> "RunHistory":
+    def load(cls, path: str) -> RunHistory:
         with open(path) as f:
             return cls.from_dict(json.load(f))
 

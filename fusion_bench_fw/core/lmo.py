@@ -9,8 +9,8 @@ per-block hulls, so the LMO decomposes into one argmin per block.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -23,16 +23,16 @@ GRANULARITIES = ("task", "layer")
 class Blocks:
     """Partition of the parameter names into LMO blocks."""
 
-    keys: List[str]
-    block_of: Dict[str, int]
-    names: List[str]
+    keys: list[str]
+    block_of: dict[str, int]
+    names: list[str]
 
     @property
     def count(self) -> int:
         return len(self.names)
 
     @classmethod
-    def build(cls, keys: Sequence[str], granularity: str) -> "Blocks":
+    def build(cls, keys: Sequence[str], granularity: str) -> Blocks:
         keys = list(keys)
         if granularity == "task":
             return cls(keys, {k: 0 for k in keys}, ["model"])
@@ -50,9 +50,9 @@ class ScoreTable:
     (the per-tensor cosine with full weights that FusionBench's in-tree FW uses).
     """
 
-    vertex_names: List[str]
+    vertex_names: list[str]
     inner: Tensor
-    cosine: Optional[Tensor] = None
+    cosine: Tensor | None = None
 
     def scores(self, lmo_score: str) -> Tensor:
         if lmo_score == "inner":
@@ -136,7 +136,7 @@ def score_vertices(
     inner = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64, device=device)
     cos = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64, device=device) if cosine else None
     largest = max(iterate[k].numel() for k in blocks.keys)
-    scratch: Dict[torch.dtype, Tensor] = {}
+    scratch: dict[torch.dtype, Tensor] = {}
     with torch.no_grad(), _exact_float32_matmul():
         for key in blocks.keys:
             b = blocks.block_of[key]

@@ -9,7 +9,7 @@ notes this), so the solver stops tracking hull coefficients when TIES is used.
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -40,7 +40,7 @@ def ties_direction(
     weights: Sequence[float],
     density: float,
     disjoint: str = "sum",
-    thresholds: Optional[Sequence[Tensor]] = None,
+    thresholds: Sequence[Tensor] | None = None,
 ) -> Tensor:
     """TIES-merging of the weighted directions w_j (s_j - theta): trim each to its top
     ``density`` magnitudes (per tensor unless global ``thresholds`` are given), elect a

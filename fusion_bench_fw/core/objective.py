@@ -9,8 +9,9 @@ same code serves CLIP, language models and toy problems.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -29,8 +30,8 @@ class LossAndGrad:
     """
 
     loss: float
-    task_losses: Dict[str, float]
-    grads: List[Dict[str, Tensor]]
+    task_losses: dict[str, float]
+    grads: list[dict[str, Tensor]]
 
 
 class Objective(Protocol):
@@ -70,9 +71,9 @@ class BatchedObjective:
     batch_loss: BatchLoss
     task_weighting: str = "mean"
     to_device: Callable[[Any], Any] = lambda x: x
-    autocast_dtype: Optional[torch.dtype] = None
+    autocast_dtype: torch.dtype | None = None
     communicator: Communicator = SINGLE_PROCESS
-    task_names: List[str] = field(init=False)
+    task_names: list[str] = field(init=False)
 
     def __post_init__(self):
         if self.task_weighting not in TASK_WEIGHTINGS:

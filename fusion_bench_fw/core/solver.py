@@ -17,8 +17,8 @@ from __future__ import annotations
 import logging
 import resource
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -58,7 +58,7 @@ class FrankWolfeConfig:
     granularity: str = "layer"
     lmo_score: str = "inner"
     max_iters: int = 10
-    gap_tol: Optional[float] = None
+    gap_tol: float | None = None
     step_rule: str = "fw_default"
     step_scale: float = 1.0
     line_search_evals: int = 8
@@ -69,14 +69,14 @@ class FrankWolfeConfig:
     include_init_vertex: bool = True
     include_pretrained_vertex: bool = False
     # FW-soft
-    k: Optional[int] = None
+    k: int | None = None
     soft_select: str = "topk"
     soft_constraint: str = "capped_simplex"
     coef_granularity: str = "layer"
     inner_steps: int = 100
     inner_lr: float = 0.01
     inner_optimizer: str = "adam"
-    inner_init: Optional[float] = None
+    inner_init: float | None = None
 
     def validate(self) -> None:
         def choice(name, value, options):
@@ -114,9 +114,11 @@ class FrankWolfeConfig:
 
 
 def lmo_vertex_names(
-    candidates: Sequence[str], init_coefficients: Mapping[str, float], config: FrankWolfeConfig,
-    pretrained: Optional[str] = None,
-) -> List[str]:
+    candidates: Sequence[str],
+    init_coefficients: Mapping[str, float],
+    config: FrankWolfeConfig,
+    pretrained: str | None = None,
+) -> list[str]:
     """The LMO's vertices in order: the candidates, then the pretrained checkpoint and the
     init point (:data:`INIT_VERTEX`) when the config adds them (the init only if it is not
     already a single vertex). Cheap, so adapters can check ``k`` before any heavy work."""
@@ -128,13 +130,13 @@ def lmo_vertex_names(
     return names
 
 
-def single_checkpoint(coefficients: Mapping[str, float]) -> Optional[str]:
+def single_checkpoint(coefficients: Mapping[str, float]) -> str | None:
     """The checkpoint a combination is, when it has one non-zero term (else None)."""
     support = [n for n, c in coefficients.items() if c != 0]
     return support[0] if len(support) == 1 else None
 
 
-def effective_k(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> Optional[int]:
+def effective_k(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> int | None:
     """FW-soft's number of selected vertices (null k = number of target tasks)."""
     if config.variant != "soft":
         return config.k
@@ -149,9 +151,9 @@ def effective_k(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> Opti
 
 @dataclass
 class FrankWolfeResult:
-    params: Dict[str, Tensor]
+    params: dict[str, Tensor]
     history: RunHistory
-    coefficients: Optional[Tensor]
+    coefficients: Tensor | None
 
 
 def _sync(device: torch.device) -> None:
@@ -163,7 +165,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def _peak_device_mb(device: torch.device) -> Optional[float]:
+def _peak_device_mb(device: torch.device) -> float | None:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return None
@@ -173,7 +175,7 @@ def _global_norm(grad: Mapping[str, Tensor]) -> float:
     return float(torch.sqrt(sum(torch.sum(g.double() ** 2) for g in grad.values())))
 
 
-def materialise(store: VertexStore, coefficients: Tensor, keys: Sequence[str], device, dtype) -> Dict[str, Tensor]:
+def materialise(store: VertexStore, coefficients: Tensor, keys: Sequence[str], device, dtype) -> dict[str, Tensor]:
     """theta_p = sum_i coefficients[i, p] * basis_i,p, reading only non-zero terms."""
     params = {}
     for p, key in enumerate(keys):
@@ -216,10 +218,10 @@ class _Vertices:
     def __init__(self, store: VertexStore, candidates: Sequence[str], n_keys: int):
         self.store = store
         self._n_keys = n_keys
-        self._pseudo: Dict[str, Dict[str, Tensor]] = {}
-        self._rows: Dict[str, Tensor] = {}
-        self.names: List[str] = []
-        self.anchor: Optional[str] = None  # scored for the gap, never selected
+        self._pseudo: dict[str, dict[str, Tensor]] = {}
+        self._rows: dict[str, Tensor] = {}
+        self.names: list[str] = []
+        self.anchor: str | None = None  # scored for the gap, never selected
         for name in candidates:
             self.add_stored(name)
 
@@ -229,19 +231,19 @@ class _Vertices:
         self.names.append(name)
         self._rows[name] = row
 
-    def add_pseudo(self, name: str, params: Dict[str, Tensor], row: Tensor) -> None:
+    def add_pseudo(self, name: str, params: dict[str, Tensor], row: Tensor) -> None:
         self.names.append(name)
         self._pseudo[name] = params
         self._rows[name] = row
 
-    def add_anchor(self, name: str, params: Optional[Dict[str, Tensor]] = None) -> None:
+    def add_anchor(self, name: str, params: dict[str, Tensor] | None = None) -> None:
         """A point scored for the gap but never selected (the start the iterate may keep weight on)."""
         self.anchor = name
         if params is not None:
             self._pseudo[name] = params
 
     @property
-    def scored(self) -> List[str]:
+    def scored(self) -> list[str]:
         """The LMO's vertices, then the gap-only anchor if any."""
         return self.names + ([self.anchor] if self.anchor else [])
 
@@ -260,13 +262,13 @@ def frank_wolfe(
     candidates: Sequence[str],
     init_coefficients: Mapping[str, float],
     config: FrankWolfeConfig,
-    pretrained: Optional[str] = None,
+    pretrained: str | None = None,
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
-    on_iteration: Optional[Callable[[IterationRecord, RunHistory], None]] = None,
+    on_iteration: Callable[[IterationRecord, RunHistory], None] | None = None,
     progress: bool = True,
-    seed: Optional[int] = None,
-    checkpoint_path: Optional[str] = None,
+    seed: int | None = None,
+    checkpoint_path: str | None = None,
     resume: bool = False,
     communicator: Communicator = SINGLE_PROCESS,
 ) -> FrankWolfeResult:
@@ -357,8 +359,13 @@ def frank_wolfe(
         if on_iteration:
             on_iteration(record, history)
 
-    bar = tqdm(range(start, config.max_iters), desc=f"FW-{config.variant}", disable=not progress,
-               initial=start, total=config.max_iters)
+    bar = tqdm(
+        range(start, config.max_iters),
+        desc=f"FW-{config.variant}",
+        disable=not progress,
+        initial=start,
+        total=config.max_iters,
+    )
     for t in bar:
         t0 = time.perf_counter()
         lg = objective.loss_and_grad(theta, per_task=per_task_grads)
@@ -381,9 +388,7 @@ def frank_wolfe(
             gap=gap,
             step_size=None,
             selected=None,
-            scores=(
-                {n: float(scores[0, i, 0]) for i, n in enumerate(vertices.names)} if blocks.count == 1 else None
-            ),
+            scores=({n: float(scores[0, i, 0]) for i, n in enumerate(vertices.names)} if blocks.count == 1 else None),
             time_grad_s=t1 - t0,
             time_lmo_s=t2 - t1,
         )
@@ -407,9 +412,7 @@ def frank_wolfe(
         record.time_update_s = time.perf_counter() - t2
         record.peak_host_rss_mb, record.peak_device_mb = _peak_rss_mb(), _peak_device_mb(device)
         bar.set_postfix(loss=f"{record.loss:.4f}", gap=f"{gap:.3g}")
-        log.info(
-            "FW-%s t=%d loss=%.5f gap=%.4g selected=%s", config.variant, t, record.loss, gap, record.selected
-        )
+        log.info("FW-%s t=%d loss=%.5f gap=%.4g selected=%s", config.variant, t, record.loss, gap, record.selected)
         finish_iteration(record)
 
     history.final_loss = objective.loss(theta)
@@ -417,11 +420,11 @@ def frank_wolfe(
     return FrankWolfeResult(theta, history, alpha if track_alpha else None)
 
 
-def _describe_selection(names: List[str], chosen: Tensor, blocks: Blocks):
+def _describe_selection(names: list[str], chosen: Tensor, blocks: Blocks):
     """Task-wise: the selected names in order; layer-wise: how many blocks each got."""
     if blocks.count == 1:
         return [names[int(i)] for i in chosen[:, 0]]
-    counts: Dict[str, int] = {}
+    counts: dict[str, int] = {}
     for i in chosen.reshape(-1).tolist():
         counts[names[i]] = counts.get(names[i], 0) + 1
     return counts
@@ -504,7 +507,7 @@ def _soft_update(objective, theta, vertices: _Vertices, blocks: Blocks, chosen, 
         else torch.optim.SGD([lam], lr=config.inner_lr)
     )
 
-    def combine(weights: Tensor) -> Dict[str, Tensor]:
+    def combine(weights: Tensor) -> dict[str, Tensor]:
         w = weights.detach().to(torch.float32)
         out = {}
         for key in keys:
@@ -515,7 +518,11 @@ def _soft_update(objective, theta, vertices: _Vertices, blocks: Blocks, chosen, 
         return out
 
     # staying put (lambda = 0) is feasible for every constraint but simplex_selected
-    best_loss, best_lam = (loss_here, torch.zeros_like(lam.detach())) if config.soft_constraint != "simplex_selected" else (float("inf"), None)
+    best_loss, best_lam = (
+        (loss_here, torch.zeros_like(lam.detach()))
+        if config.soft_constraint != "simplex_selected"
+        else (float("inf"), None)
+    )
     trace = []
     for _ in range(config.inner_steps):
         lg = objective.loss_and_grad(combine(lam))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Tuple
+from collections.abc import Callable
 
 STEP_RULES = ("fw_default", "constant", "line_search")
 
@@ -31,7 +31,7 @@ def scheduled_step(rule: str, t: int, scale: float) -> float:
     return min(max(gamma, 0.0), 1.0)
 
 
-def golden_section_search(phi: Callable[[float], float], upper: float, evaluations: int = 8) -> Tuple[float, float]:
+def golden_section_search(phi: Callable[[float], float], upper: float, evaluations: int = 8) -> tuple[float, float]:
     """Minimise a 1-D function on [0, upper] with ``evaluations`` calls (unimodal assumed).
 
     Also evaluates the end point ``upper`` and keeps the best value seen, so the result is

@@ -14,14 +14,14 @@ import json
 import math
 import mmap
 import os
-from typing import Callable, Deque, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
 from .atomic import atomic_path
 
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
 class StoreError(ValueError):
@@ -31,8 +31,8 @@ class StoreError(ValueError):
 class VertexStore:
     """Named checkpoints that share the tensor names ``keys`` and their shapes."""
 
-    names: List[str]
-    keys: List[str]
+    names: list[str]
+    keys: list[str]
 
     def tensor(self, name: str, key: str) -> Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -40,7 +40,7 @@ class VertexStore:
     def shape(self, key: str) -> Shape:  # pragma: no cover - interface
         raise NotImplementedError
 
-    def state_dict(self, name: str) -> Dict[str, Tensor]:
+    def state_dict(self, name: str) -> dict[str, Tensor]:
         """Materialise one whole checkpoint (tests, small pools, exports)."""
         return {k: self.tensor(name, k) for k in self.keys}
 
@@ -56,7 +56,7 @@ def _check_names(names: Sequence[str]) -> None:
 class InMemoryVertexStore(VertexStore):
     """Checkpoints given as ``{name: {key: tensor}}``; tensors are not copied or modified."""
 
-    def __init__(self, models: Mapping[str, Mapping[str, Tensor]], keys: Optional[Sequence[str]] = None):
+    def __init__(self, models: Mapping[str, Mapping[str, Tensor]], keys: Sequence[str] | None = None):
         if not models:
             raise StoreError("the store is empty: give at least one checkpoint")
         self.names = list(models)
@@ -88,8 +88,15 @@ class InMemoryVertexStore(VertexStore):
 
 
 _SAFETENSORS_DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
 }
 for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
@@ -97,7 +104,7 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
         _SAFETENSORS_DTYPES[_name] = getattr(torch, _attr)
 
 
-def read_safetensors_header(path: str) -> Tuple[int, Dict[str, dict]]:
+def read_safetensors_header(path: str) -> tuple[int, dict[str, dict]]:
     """``(data_start, {name: {"dtype", "shape", "data_offsets"}})`` from the file header alone,
     checking that every tensor's bytes lie inside the file (a truncated file fails here)."""
     size = os.path.getsize(path)
@@ -121,7 +128,7 @@ def read_safetensors_header(path: str) -> Tuple[int, Dict[str, dict]]:
     return data_start, header
 
 
-def checkpoint_header(name: str, path: str) -> Tuple[int, Dict[str, dict]]:
+def checkpoint_header(name: str, path: str) -> tuple[int, dict[str, dict]]:
     """:func:`read_safetensors_header`, failing with a :class:`StoreError` that names the checkpoint."""
     try:
         return read_safetensors_header(path)
@@ -153,8 +160,8 @@ class SafetensorsVertexStore(VertexStore):
         self,
         paths: Mapping[str, str],
         keys: Sequence[str],
-        shapes: Optional[Mapping[str, Shape]] = None,
-        key_in_file: Optional[Mapping[str, Mapping[str, str]]] = None,
+        shapes: Mapping[str, Shape] | None = None,
+        key_in_file: Mapping[str, Mapping[str, str]] | None = None,
         resident_tensors: int = 2,
     ):
         if not paths:
@@ -164,11 +171,11 @@ class SafetensorsVertexStore(VertexStore):
         self.keys = list(keys)
         self.paths = dict(paths)
         self._key_in_file = {n: dict((key_in_file or {}).get(n, {})) for n in self.names}
-        self._maps: Dict[str, mmap.mmap] = {}
-        self._entries: Dict[str, Dict[str, tuple]] = {}
-        self._resident: Deque[Tuple[str, int, int]] = collections.deque()
+        self._maps: dict[str, mmap.mmap] = {}
+        self._entries: dict[str, dict[str, tuple]] = {}
+        self._resident: collections.deque[tuple[str, int, int]] = collections.deque()
         self._resident_max = max(1, int(resident_tensors))
-        self._shapes: Dict[str, Shape] = dict(shapes or {})
+        self._shapes: dict[str, Shape] = dict(shapes or {})
         for name in self.names:
             path = self.paths[name]
             data_start, header = checkpoint_header(name, path)
@@ -212,7 +219,7 @@ class SafetensorsVertexStore(VertexStore):
         while len(self._resident) > self._resident_max:
             self.release(*self._resident.popleft())
 
-    def release(self, name: str, begin: int = 0, stop: Optional[int] = None) -> None:
+    def release(self, name: str, begin: int = 0, stop: int | None = None) -> None:
         """Drop the mapped pages of ``[begin, stop)`` of ``name`` (all of it by default)."""
         buffer = self._maps[name]
         stop = len(buffer) if stop is None else stop
@@ -236,7 +243,7 @@ class CompositeVertexStore(VertexStore):
     def __init__(self, stores: Iterable[VertexStore]):
         self._stores = list(stores)
         self.keys = list(self._stores[0].keys)
-        self._owner: Dict[str, VertexStore] = {}
+        self._owner: dict[str, VertexStore] = {}
         for store in self._stores:
             if set(store.keys) != set(self.keys):
                 raise StoreError("stores to combine must hold the same tensor names")
@@ -256,7 +263,7 @@ class CompositeVertexStore(VertexStore):
         return self._stores[0].shape(key)
 
 
-def save_safetensors_atomic(tensors: Mapping[str, Tensor], path: str, metadata: Optional[Dict[str, str]] = None) -> None:
+def save_safetensors_atomic(tensors: Mapping[str, Tensor], path: str, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` to ``path`` through a temporary file and a rename, so a crash never
     leaves a half-written checkpoint under the final name."""
     from safetensors.torch import save_file
@@ -288,4 +295,3 @@ def spill_to_safetensors(
             del state
         paths[name] = path
     return SafetensorsVertexStore(paths, keys)
-

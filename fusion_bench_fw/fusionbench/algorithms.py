@@ -12,14 +12,13 @@ import copy
 import logging
 import os
 from dataclasses import fields
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
-from torch import nn
-
 from fusion_bench import BaseAlgorithm, BaseModelPool
 from fusion_bench.mixins import CLIPClassificationMixin
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from torch import nn
 
 from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
@@ -50,26 +49,26 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
 
     variant: str = "hard"
     default_init: str = "pretrained"
-    defaults: Dict[str, Any] = {}
+    defaults: dict[str, Any] = {}
 
     def __init__(
         self,
-        targets: Optional[List[str]] = None,
+        targets: list[str] | None = None,
         n_per_task: int = 100,
         batch_size: int = 32,
         seed: int = 0,
-        init: Optional[str] = None,
+        init: str | None = None,
         init_scaling: float = 0.3,
         init_models: Any = "all",
-        init_path: Optional[str] = None,
+        init_path: str | None = None,
         task_weighting: str = "mean",
         allow_fewer_samples: bool = False,
         on_incompatible: str = "error",
         store: str = "auto",
-        cache_dir: Optional[str] = None,
-        autocast: Optional[str] = None,
-        history_path: Optional[str] = None,
-        checkpoint_path: Optional[str] = None,
+        cache_dir: str | None = None,
+        autocast: str | None = None,
+        history_path: str | None = None,
+        checkpoint_path: str | None = None,
         resume: bool = False,
         progress: bool = True,
         **solver_kwargs,
@@ -114,7 +113,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         self.resume = resume
         self.progress = progress
         self.zeroshot_weights = {}
-        self.history: Optional[RunHistory] = None
+        self.history: RunHistory | None = None
         super().__init__()
 
     # ------------------------------------------------------------------ helpers
@@ -126,7 +125,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             directory = None
         return directory or os.path.join("outputs", "fw_merging")
 
-    def _targets(self, modelpool: BaseModelPool) -> List[str]:
+    def _targets(self, modelpool: BaseModelPool) -> list[str]:
         targets = list(self.targets) if self.targets else list(modelpool.train_dataset_names)
         if not targets:
             raise ValueError(
@@ -140,7 +139,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             )
         return targets
 
-    def _init_coefficients(self, candidates: List[str], targets: List[str]) -> Dict[str, float]:
+    def _init_coefficients(self, candidates: list[str], targets: list[str]) -> dict[str, float]:
         if self.init == "pretrained":
             return {PRETRAINED: 1.0}
         if self.init == "file":
@@ -157,7 +156,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         lam = float(self.init_scaling)
         return {PRETRAINED: 1.0 - lam * len(members), **{m: lam for m in members}}
 
-    def _load_init_file(self, keys) -> Dict[str, torch.Tensor]:
+    def _load_init_file(self, keys) -> dict[str, torch.Tensor]:
         path = self.init_path
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -192,11 +191,19 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         shapes = {n: tuple(p.shape) for n, p in keys_params.items()}
         pretrained_state = {n: p.detach().float() for n, p in keys_params.items()}
         checked = validate_pool(  # every check before heavy work; may drop candidates (on_incompatible=skip)
-            modelpool, candidates, targets, template, shapes,
-            n_per_task=self.n_per_task, allow_fewer_samples=self.allow_fewer_samples,
-            on_incompatible=self.on_incompatible, solver_config=self.solver_config,
-            init_coefficients=lambda kept: self._init_coefficients(kept, targets), pretrained=PRETRAINED,
-            store=self.store, cache_dir=self.cache_dir or os.path.join(out_dir, "vertex_cache"),
+            modelpool,
+            candidates,
+            targets,
+            template,
+            shapes,
+            n_per_task=self.n_per_task,
+            allow_fewer_samples=self.allow_fewer_samples,
+            on_incompatible=self.on_incompatible,
+            solver_config=self.solver_config,
+            init_coefficients=lambda kept: self._init_coefficients(kept, targets),
+            pretrained=PRETRAINED,
+            store=self.store,
+            cache_dir=self.cache_dir or os.path.join(out_dir, "vertex_cache"),
         )
         candidates, candidate_store = checked.candidates, checked.store
         resident = {PRETRAINED: pretrained_state}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from typing import Dict, List, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,13 @@ from .validation import check_sample_count
 log = logging.getLogger(__name__)
 
 
-def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str) -> List[int]:
+def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str) -> list[int]:
     """A seeded subset, drawn once per (seed, task) and independent of the other tasks."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(task.encode()))
     return torch.randperm(n_available, generator=g)[:n_per_task].tolist()
 
 
-def fixed_subset(n: int, n_per_task: int, seed: int, task: str, allow_fewer: bool = False) -> List[int]:
+def fixed_subset(n: int, n_per_task: int, seed: int, task: str, allow_fewer: bool = False) -> list[int]:
     """The task's fixed subset of its ``n`` training samples, after the sample-count check."""
     check_sample_count(task, n, n_per_task, allow_fewer)
     return fixed_subset_indices(n, n_per_task, seed, task)
@@ -35,7 +35,7 @@ def fixed_subset(n: int, n_per_task: int, seed: int, task: str, allow_fewer: boo
 
 def labelled_batches(
     dataset, processor, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool = False
-) -> List[Batch]:
+) -> list[Batch]:
     """Preprocess the task's fixed subset once into (pixel_values, labels) batches."""
     from fusion_bench.dataset.clip_dataset import CLIPDataset
 
@@ -53,7 +53,7 @@ def labelled_batches(
 class CLIPZeroShotLoss:
     """Cross-entropy of the merged vision tower under frozen zero-shot text heads."""
 
-    def __init__(self, heads: Dict[str, torch.Tensor], visual_projection: torch.nn.Module, logit_scale: torch.Tensor):
+    def __init__(self, heads: dict[str, torch.Tensor], visual_projection: torch.nn.Module, logit_scale: torch.Tensor):
         self.heads = heads
         self.visual_projection = visual_projection
         self.logit_scale = logit_scale

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,18 +69,18 @@ def pool_kind(modelpool) -> str:
 
 
 # ---------------------------------------------------------------------- data
-def _as_list(value) -> List[int]:
+def _as_list(value) -> list[int]:
     if isinstance(value, torch.Tensor):
         return value.reshape(-1).tolist()
     return [int(v) for v in value]
 
 
-def _pad(rows: Sequence[List[int]], value: int) -> torch.Tensor:
+def _pad(rows: Sequence[list[int]], value: int) -> torch.Tensor:
     width = max(len(r) for r in rows)
     return torch.tensor([r + [value] * (width - len(r)) for r in rows], dtype=torch.long)
 
 
-def collate_tokens(rows: Sequence[Mapping[str, Any]], pad_id: int, label_pad: Optional[int] = IGNORE) -> dict:
+def collate_tokens(rows: Sequence[Mapping[str, Any]], pad_id: int, label_pad: int | None = IGNORE) -> dict:
     """Right-pad ``input_ids``/``attention_mask`` (and token ``labels``) to the batch's longest row."""
     ids = [_as_list(r["input_ids"]) for r in rows]
     masks = [_as_list(r["attention_mask"]) if "attention_mask" in r else [1] * len(i) for r, i in zip(rows, ids)]
@@ -105,9 +106,11 @@ def prompt_answer_row(tokenizer, prompt: str, answer: str) -> dict:
 
 def token_batches(
     dataset, make_row, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool, collate
-) -> List[Batch]:
+) -> list[Batch]:
     rows = [make_row(dataset[i]) for i in fixed_subset(len(dataset), n_per_task, seed, task, allow_fewer)]
-    return [Batch(collate(rows[s : s + batch_size]), len(rows[s : s + batch_size])) for s in range(0, len(rows), batch_size)]
+    return [
+        Batch(collate(rows[s : s + batch_size]), len(rows[s : s + batch_size])) for s in range(0, len(rows), batch_size)
+    ]
 
 
 # ---------------------------------------------------------------------- losses
@@ -132,7 +135,9 @@ class HeadCrossEntropy:
 
 def causal_lm_logits(module, params, inputs):
     """Next-token logits and their targets (the labels shifted left; -100 = not scored)."""
-    logits = functional_forward(module, params, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    logits = functional_forward(
+        module, params, input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+    ).logits
     return logits[:, :-1], inputs["labels"][:, 1:]
 
 
@@ -169,7 +174,7 @@ def pad_id_of(template: nn.Module) -> int:
     return 0
 
 
-def _classifiers(modelpool, template: nn.Module, targets, device) -> Dict[str, nn.Module]:
+def _classifiers(modelpool, template: nn.Module, targets, device) -> dict[str, nn.Module]:
     classifiers = {}
     for task in targets:
         if task not in modelpool.model_names:
@@ -197,7 +202,9 @@ def row_maker(kind: str, pad_id: int, load_tokenizer: Callable[[], Any]):
 
         def seq2seq_row(row):
             if "input_ids" not in row or "labels" not in row:
-                raise ValueError(f"seq2seq samples need `input_ids` and `labels` (target ids); got columns {sorted(row)}")
+                raise ValueError(
+                    f"seq2seq samples need `input_ids` and `labels` (target ids); got columns {sorted(row)}"
+                )
             return {**row, "labels": [IGNORE if t == pad_id else t for t in _as_list(row["labels"])]}
 
         return seq2seq_row
@@ -251,8 +258,16 @@ def build_objective(
     communicator = fabric_communicator(algorithm.fabric)
     if kind == "clip":
         objective = build_clip_objective(
-            algorithm, modelpool, template, targets, n_per_task, batch_size, seed, task_weighting,
-            autocast_dtype, allow_fewer,
+            algorithm,
+            modelpool,
+            template,
+            targets,
+            n_per_task,
+            batch_size,
+            seed,
+            task_weighting,
+            autocast_dtype,
+            allow_fewer,
         )
         return dataclasses.replace(objective, communicator=communicator)
     device = algorithm.fabric.device

@@ -13,11 +13,8 @@ cross-entropy on the answer (target) tokens and the teacher-forced answer-token 
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
-
 from fusion_bench.taskpool import BaseTaskPool
 from fusion_bench.utils import instantiate
 
@@ -32,7 +29,7 @@ class TokenLossTaskPool(BaseTaskPool):
         "batch_size": "batch_size",
     }
 
-    def __init__(self, test_datasets, kind: str, tokenizer: Optional[str] = None, batch_size: int = 32, **kwargs):
+    def __init__(self, test_datasets, kind: str, tokenizer: str | None = None, batch_size: int = 32, **kwargs):
         if kind not in TOKEN_LOGITS:
             raise ValueError(f"unknown kind {kind!r}; use one of {tuple(TOKEN_LOGITS)}")
         self._test_datasets = test_datasets

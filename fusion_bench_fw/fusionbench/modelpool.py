@@ -20,8 +20,9 @@ the constructor is early enough for both. Registration is process-wide, like Fus
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, List, Mapping, Optional, Sequence
+from typing import Any
 
 from fusion_bench.modelpool import CLIPVisionModelPool
 
@@ -46,7 +47,7 @@ class PromptTemplate:
 def register_clip_task(
     name: str,
     classnames: Sequence[str],
-    templates: Optional[Iterable[str]] = None,
+    templates: Iterable[str] | None = None,
 ) -> None:
     """Register (or re-register) a CLIP classification task with FusionBench's template registry.
 
@@ -81,9 +82,7 @@ def register_clip_task(
 
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*already registered.*")
-        CLIPTemplateFactory.register_dataset(
-            name, dataset_info=info, classnames=classnames, templates=templates
-        )
+        CLIPTemplateFactory.register_dataset(name, dataset_info=info, classnames=classnames, templates=templates)
 
 
 def _plain(value: Any) -> Any:
@@ -111,7 +110,7 @@ class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
 
     _config_mapping = CLIPVisionModelPool._config_mapping | {"_clip_tasks": "clip_tasks"}
 
-    def __init__(self, models, *, clip_tasks: Optional[Mapping[str, Mapping]] = None, **kwargs):
+    def __init__(self, models, *, clip_tasks: Mapping[str, Mapping] | None = None, **kwargs):
         clip_tasks = _plain(clip_tasks) or {}
         for name, spec in clip_tasks.items():
             spec = spec or {}
@@ -130,17 +129,17 @@ class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
             super().save_model(model, tmp, *args, **kwargs)
 
     @property
-    def clip_task_names(self) -> List[str]:
+    def clip_task_names(self) -> list[str]:
         """The task names this pool registered."""
         return list(self._clip_tasks)
 
 
 def load_local_dataset(
     dataset_path: str,
-    split: Optional[str] = None,
-    num_samples: Optional[int] = None,
-    register_as: Optional[str] = None,
-    templates: Optional[Iterable[str]] = None,
+    split: str | None = None,
+    num_samples: int | None = None,
+    register_as: str | None = None,
+    templates: Iterable[str] | None = None,
 ):
     """Load a dataset saved with ``save_to_disk`` (no hub access).
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from typing import Dict, List, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 STORE_MODES = ("auto", "safetensors", "memory")
 
 
-def local_safetensors_file(modelpool, name: str) -> Optional[str]:
+def local_safetensors_file(modelpool, name: str) -> str | None:
     """The single safetensors file behind a pool entry given as a local path, else None."""
     config = modelpool._models[name] if hasattr(modelpool, "_models") else None
     if not isinstance(config, str):
@@ -74,13 +74,15 @@ def full_weights(model):
     return model
 
 
-def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> Dict[str, Tensor]:
+def _state_dict_of(modelpool, name: str, keys: Sequence[str]) -> dict[str, Tensor]:
     model = full_weights(modelpool.load_model(name))
     state = model.state_dict()
     return {k: state[k] for k in keys if k in state}
 
 
-def check_finite(store: VertexStore, names: Sequence[str], reference: Optional[Mapping[str, Tensor]] = None) -> Dict[str, float]:
+def check_finite(
+    store: VertexStore, names: Sequence[str], reference: Mapping[str, Tensor] | None = None
+) -> dict[str, float]:
     """Reject NaN/Inf weights before any heavy work (one streamed pass); with ``reference``
     (the pretrained tensors) also return each checkpoint's L2 distance to it."""
     distances = {}
@@ -104,7 +106,7 @@ def build_vertex_store(
     names: Sequence[str],
     shapes: Mapping[str, tuple],
     mode: str = "auto",
-    cache_dir: Optional[str] = None,
+    cache_dir: str | None = None,
 ) -> VertexStore:
     """A store over ``names`` of ``modelpool`` holding the tensors ``shapes`` describes."""
     if mode not in STORE_MODES:
@@ -113,8 +115,8 @@ def build_vertex_store(
     if mode == "memory":
         return InMemoryVertexStore({n: _state_dict_of(modelpool, n, keys) for n in names}, keys)
 
-    direct: Dict[str, str] = {}
-    to_spill: List[str] = []
+    direct: dict[str, str] = {}
+    to_spill: list[str] = []
     for name in names:
         path = local_safetensors_file(modelpool, name)
         if path is not None and _matches(path, shapes):

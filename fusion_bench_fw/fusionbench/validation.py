@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
@@ -26,7 +26,7 @@ ON_INCOMPATIBLE = ("error", "skip")
 SKIP_HINT = "remove it from the pool, or set method.on_incompatible=skip to drop such models with a warning"
 
 SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
-Header = Dict[str, Tuple[Tuple[int, ...], str]]  # tensor name -> (shape, dtype name)
+Header = dict[str, tuple[tuple[int, ...], str]]  # tensor name -> (shape, dtype name)
 
 
 class IncompatibleModelError(StoreError):
@@ -35,10 +35,10 @@ class IncompatibleModelError(StoreError):
 
 @dataclass
 class CheckedPool:
-    candidates: List[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
+    candidates: list[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
     store: VertexStore  # their streaming store, names, shapes and finiteness checked
-    dropped: Dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
-    distances: Dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
+    dropped: dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
+    distances: dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
 
 
 def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) -> None:
@@ -89,7 +89,7 @@ def _loaded_header(modelpool, name: str) -> Header:
     return {k: (tuple(v.shape), SAFETENSORS_DTYPE.get(v.dtype, str(v.dtype))) for k, v in state.items()}
 
 
-def candidate_header(modelpool, name: str, cache_dir: Optional[str]) -> Header:
+def candidate_header(modelpool, name: str, cache_dir: str | None) -> Header:
     """Tensor names, shapes and dtypes of a candidate: from the safetensors header when the
     pool entry is a local file (or was spilled before), else by loading the model once."""
     path = local_safetensors_file(modelpool, name)
@@ -100,7 +100,7 @@ def candidate_header(modelpool, name: str, cache_dir: Optional[str]) -> Header:
     return _safetensors_header(name, path) if path else _loaded_header(modelpool, name)
 
 
-def incompatibility(name: str, header: Header, shapes: Mapping[str, tuple], template_keys: Sequence[str]) -> Optional[str]:
+def incompatibility(name: str, header: Header, shapes: Mapping[str, tuple], template_keys: Sequence[str]) -> str | None:
     """Why ``name`` cannot be a vertex of the merged module, or None.
 
     Extra tensors count only inside the merged module's own top-level modules: a full CLIP
@@ -111,8 +111,10 @@ def incompatibility(name: str, header: Header, shapes: Mapping[str, tuple], temp
     wrong = [k for k in shapes if tuple(header[k][0]) != tuple(shapes[k])]
     if wrong:
         k = wrong[0]
-        return (f"model {name!r}: tensor {k!r} has shape {tuple(header[k][0])}, the pretrained model's "
-                f"has {tuple(shapes[k])} ({len(wrong)} tensor(s) differ)")
+        return (
+            f"model {name!r}: tensor {k!r} has shape {tuple(header[k][0])}, the pretrained model's "
+            f"has {tuple(shapes[k])} ({len(wrong)} tensor(s) differ)"
+        )
     known = set(template_keys)
     namespaces = {k.split(".", 1)[0] for k in known}
     extra = [k for k in header if k not in known and k.split(".", 1)[0] in namespaces]
@@ -136,7 +138,7 @@ def warn_on_dtypes(headers: Mapping[str, Header], shapes: Mapping[str, tuple]) -
 FAR_FACTOR = 5.0
 
 
-def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretrained_") -> List[str]:
+def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretrained_") -> list[str]:
     """Flag candidates far farther from the pretrained model than the typical one: most likely
     fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
     a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
@@ -150,7 +152,11 @@ def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretr
             "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
             "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
             "method.init_models=targets / method.granularity=task",
-            far, FAR_FACTOR, pretrained, ", ".join(f"{distances[n]:.3g}" for n in far), median,
+            far,
+            FAR_FACTOR,
+            pretrained,
+            ", ".join(f"{distances[n]:.3g}" for n in far),
+            median,
         )
     return far
 
@@ -166,10 +172,10 @@ def validate_pool(
     allow_fewer_samples: bool,
     on_incompatible: str,
     solver_config: FrankWolfeConfig,
-    init_coefficients: Callable[[List[str]], Mapping[str, float]],
+    init_coefficients: Callable[[list[str]], Mapping[str, float]],
     pretrained: str,
     store: str,
-    cache_dir: Optional[str],
+    cache_dir: str | None,
 ) -> CheckedPool:
     """Every check of a run, in order of cost, then the candidates' streaming store.
 
@@ -192,14 +198,18 @@ def validate_pool(
             log.warning("dropping %s (method.on_incompatible=skip)", problem)
             dropped[name] = problem
         else:
-            raise IncompatibleModelError(f"{problem}; every candidate must share the pretrained model's architecture: {SKIP_HINT}")
+            raise IncompatibleModelError(
+                f"{problem}; every candidate must share the pretrained model's architecture: {SKIP_HINT}"
+            )
     if not kept:
         raise ValueError(
             f"no candidate left to merge: all {len(candidates)} were dropped as incompatible ({dropped}); "
             "fix the pool so that its models share the pretrained model's architecture"
         )
     warn_on_dtypes(headers, shapes)
-    effective_k(solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained)))
+    effective_k(
+        solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained))
+    )
 
     candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir)
     pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}

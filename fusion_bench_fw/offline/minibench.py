@@ -40,8 +40,8 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -60,7 +60,16 @@ PARITY = ("even number", "odd number")
 COARSE = ("clothes", "shoes", "bag")
 _COARSE_OF = np.array([0, 0, 0, 0, 0, 1, 0, 1, 2, 1])  # fashion label -> clothes/shoes/bag
 
-TASKS = ("fashion", "mnist_inv", "fashion_rot90", "mnist_parity", "mnist", "digits", "fashion_coarse", "fashion_inv_flip")
+TASKS = (
+    "fashion",
+    "mnist_inv",
+    "fashion_rot90",
+    "mnist_parity",
+    "mnist",
+    "digits",
+    "fashion_coarse",
+    "fashion_inv_flip",
+)
 TARGETS = TASKS[:4]
 
 
@@ -72,19 +81,25 @@ def default_root() -> str:
 # Real data
 # --------------------------------------------------------------------------------------------
 
+
 def _read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
-    magic, = struct.unpack(">I", data[:4])
+    (magic,) = struct.unpack(">I", data[:4])
     ndim = magic & 0xFF
     dims = struct.unpack(">" + "I" * ndim, data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-def load_fashion(directory: Optional[str] = None):
+def load_fashion(directory: str | None = None):
     """Fashion-MNIST as ``(train_x, train_y, test_x, test_y)`` uint8 arrays."""
     directory = directory or os.environ.get(FMNIST_ENV) or FMNIST_DEFAULT
-    names = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+    names = (
+        "train-images-idx3-ubyte.gz",
+        "train-labels-idx1-ubyte.gz",
+        "t10k-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+    )
     paths = [os.path.join(directory, n) for n in names]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
@@ -123,13 +138,13 @@ def load_digits28():
 class Sources:
     """All images, split once, deterministically."""
 
-    fashion_pre: Tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
-    fashion_pool: Tuple[np.ndarray, np.ndarray]  # train slices for fashion-based models
-    fashion_test: Tuple[np.ndarray, np.ndarray]
-    mnist_train: Tuple[np.ndarray, np.ndarray]
-    mnist_test: Tuple[np.ndarray, np.ndarray]
-    digits_train: Tuple[np.ndarray, np.ndarray]
-    digits_test: Tuple[np.ndarray, np.ndarray]
+    fashion_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
+    fashion_pool: tuple[np.ndarray, np.ndarray]  # train slices for fashion-based models
+    fashion_test: tuple[np.ndarray, np.ndarray]
+    mnist_train: tuple[np.ndarray, np.ndarray]
+    mnist_test: tuple[np.ndarray, np.ndarray]
+    digits_train: tuple[np.ndarray, np.ndarray]
+    digits_test: tuple[np.ndarray, np.ndarray]
 
 
 def load_sources(seed: int) -> Sources:
@@ -153,12 +168,13 @@ def load_sources(seed: int) -> Sources:
 # Tasks and models
 # --------------------------------------------------------------------------------------------
 
+
 def _perm_pixels(seed: int) -> Callable[[np.ndarray], np.ndarray]:
     perm = np.random.default_rng(seed).permutation(28 * 28)
     return lambda x: x.reshape(len(x), -1)[:, perm].reshape(x.shape)
 
 
-_TRANSFORMS: Dict[str, Callable[[np.ndarray], np.ndarray]] = {
+_TRANSFORMS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "id": lambda x: x,
     "inv": lambda x: 255 - x,
     "rot90": lambda x: np.ascontiguousarray(np.rot90(x, 1, axes=(1, 2))),
@@ -174,10 +190,10 @@ class TaskSpec:
     source: str  # fashion | mnist | digits
     transform: str  # a key of _TRANSFORMS, or "perm<seed>"
     labels: str  # fine | parity | coarse | perm<seed> | random<seed>
-    classnames: Tuple[str, ...]
+    classnames: tuple[str, ...]
 
 
-BASE_TASKS: Dict[str, TaskSpec] = {
+BASE_TASKS: dict[str, TaskSpec] = {
     "fashion": TaskSpec("fashion", "id", "fine", FASHION),
     "mnist_inv": TaskSpec("mnist", "inv", "fine", DIGITS),
     "fashion_rot90": TaskSpec("fashion", "rot90", "fine", FASHION),
@@ -201,9 +217,9 @@ class ModelSpec:
     base_task: str  # the task whose data/test set it evaluates on (itself for real tasks)
 
 
-def model_specs(n_noisy: int = 16) -> List[ModelSpec]:
+def model_specs(n_noisy: int = 16) -> list[ModelSpec]:
     """Every model of the full build, in a fixed order (names are stable)."""
-    specs: List[ModelSpec] = []
+    specs: list[ModelSpec] = []
     slices = {"fashion": 0, "mnist": 0, "digits": 0}
 
     def take(source: str) -> int:
@@ -285,7 +301,7 @@ class BuildParams:
     pretrain_steps: int = 600
     pretrain_lr: float = 2e-3
     # image styles the pre-training corpus shows (a web corpus shows everything once in a while)
-    pretrain_styles: Tuple[str, ...] = ("id", "inv", "rot90", "rot180", "inv_flip")
+    pretrain_styles: tuple[str, ...] = ("id", "inv", "rot90", "rot180", "inv_flip")
     finetune_steps: int = 300
     finetune_lr: float = 3e-4
     batch_size: int = 64
@@ -321,7 +337,8 @@ def _log(msg: str):
 # The build
 # --------------------------------------------------------------------------------------------
 
-def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> Tuple[np.ndarray, np.ndarray]:
+
+def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> tuple[np.ndarray, np.ndarray]:
     src = spec.task.source
     if src == "fashion":
         x, y = sources.fashion_pool
@@ -336,7 +353,7 @@ def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> Tuple[np.n
     return x[start : start + n], y[start : start + n]
 
 
-def _test_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> Tuple[np.ndarray, np.ndarray]:
+def _test_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     src = spec.task.source
     if src == "fashion":
         x, y = sources.fashion_test
@@ -362,7 +379,9 @@ def _save_dataset(path: str, images: np.ndarray, labels: np.ndarray, classnames:
     os.replace(tmp, path)
 
 
-def build(root: Optional[str] = None, params: Optional[BuildParams] = None, force: bool = False, progress: bool = True) -> dict:
+def build(
+    root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
+) -> dict:
     """Build (or reuse) the benchmark under ``root``; returns the manifest."""
     import torch
 
@@ -405,7 +424,24 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         return torch.cat(out)
 
     # ---- pre-training ---------------------------------------------------------------------
-    pre_key = _digest({k: key[k] for k in ("seed", "vision_hidden", "vision_layers", "pretrain_steps", "pretrain_lr", "pretrain_styles", "batch_size", "threads", "builder_version", "torch", "transformers")})
+    pre_key = _digest(
+        {
+            k: key[k]
+            for k in (
+                "seed",
+                "vision_hidden",
+                "vision_layers",
+                "pretrain_steps",
+                "pretrain_lr",
+                "pretrain_styles",
+                "batch_size",
+                "threads",
+                "builder_version",
+                "torch",
+                "transformers",
+            )
+        }
+    )
     pre_dir = os.path.join(root, "models", PRETRAINED)
     if _key_matches(pre_dir, pre_key) and not force:
         clip = CLIPModel.from_pretrained(pre_dir).eval()
@@ -418,7 +454,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
     scale = float(clip.logit_scale.exp())
     _log(f"pre-trained model ready ({time.perf_counter() - t0:.1f}s)")
 
-    heads: Dict[Tuple[str, ...], torch.Tensor] = {}
+    heads: dict[tuple[str, ...], torch.Tensor] = {}
 
     def head(classnames):
         if classnames not in heads:
@@ -438,8 +474,8 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
     pretrained_vision.vision_model.load_state_dict(clip.vision_model.state_dict())
     pretrained_vision.eval()
 
-    manifest_models: Dict[str, dict] = {}
-    accuracies: Dict[str, Dict[str, float]] = {PRETRAINED: {}}
+    manifest_models: dict[str, dict] = {}
+    accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
     bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
     for i, spec in enumerate(bar):
         bar.set_postfix_str(spec.name)
@@ -453,7 +489,12 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
             data_dir = os.path.join(root, "data", spec.name)
             os.makedirs(data_dir, exist_ok=True)
             if spec.group == "task":
-                _save_dataset(os.path.join(data_dir, "train"), x_tr[: params.n_train_saved], y_tr[: params.n_train_saved], spec.task.classnames)
+                _save_dataset(
+                    os.path.join(data_dir, "train"),
+                    x_tr[: params.n_train_saved],
+                    y_tr[: params.n_train_saved],
+                    spec.task.classnames,
+                )
             _save_dataset(os.path.join(data_dir, "test"), x_te, y_te, spec.task.classnames)
 
         model_dir = os.path.join(root, "models", spec.name)
@@ -462,12 +503,23 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         if _key_matches(model_dir, mkey) and not force:
             vm = CLIPVisionModel.from_pretrained(model_dir).eval()
         else:
-            vm = _finetune(pretrained_vision, clip, scale, head(spec.task.classnames), pixels(x_tr), torch.as_tensor(y_tr), spec.seed, params)
+            vm = _finetune(
+                pretrained_vision,
+                clip,
+                scale,
+                head(spec.task.classnames),
+                pixels(x_tr),
+                torch.as_tensor(y_tr),
+                spec.seed,
+                params,
+            )
             vm.save_pretrained(model_dir)
             _write_key(model_dir, mkey)
         acc = accuracy(vm, px_te, y_te, spec.task.classnames)
         if spec.group in ("task", "relevant"):
-            accuracies[PRETRAINED].setdefault(spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames))
+            accuracies[PRETRAINED].setdefault(
+                spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames)
+            )
         manifest_models[spec.name] = {
             "group": spec.group,
             "task": spec.base_task,
@@ -538,7 +590,7 @@ def _pretrain(params: BuildParams, sources: Sources, processor, pixels, progress
         (DIGITS, sources.digits_train[0], sources.digits_train[1]),
         (PARITY, sources.digits_train[0], sources.digits_train[1] % 2),
     ]
-    captions: List[str] = []
+    captions: list[str] = []
     offsets = []
     for names, _, _ in groups:
         offsets.append(len(captions))
@@ -552,7 +604,9 @@ def _pretrain(params: BuildParams, sources: Sources, processor, pixels, progress
     clip = make_model(processor, params)
     gen = torch.Generator().manual_seed(params.seed)
     opt = torch.optim.AdamW(clip.parameters(), lr=params.pretrain_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=params.pretrain_lr, total_steps=params.pretrain_steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=params.pretrain_lr, total_steps=params.pretrain_steps, pct_start=0.1
+    )
     per_group = max(1, params.batch_size // len(groups))
     clip.train()
     for _ in tqdm(range(params.pretrain_steps), desc="pre-training", disable=not progress, unit="step"):
@@ -599,7 +653,7 @@ def _finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, para
     return vm.eval().requires_grad_(False)
 
 
-def read_manifest(root: Optional[str] = None) -> Optional[dict]:
+def read_manifest(root: str | None = None) -> dict | None:
     try:
         with open(os.path.join(root or default_root(), "manifest.json")) as f:
             return json.load(f)
@@ -613,22 +667,32 @@ def read_manifest(root: Optional[str] = None) -> Optional[dict]:
 
 ROOT_EXPR = "${oc.env:" + ENV_VAR + ",${oc.env:HOME}/.cache/fusion_bench_fw/minibench}"
 
+
 # name -> (description, model names, train-set names, test-set names)
-def pool_contents() -> Dict[str, Tuple[str, List[str], List[str], List[str]]]:
+def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
     specs = model_specs()
     names = [s.name for s in specs]
     irrelevant = [s.name for s in specs if s.group == "irrelevant"]
     return {
-        "mini_TA8": ("the 8 tasks of the mini benchmark, one fine-tuned model each", list(TASKS), list(TASKS), list(TASKS)),
+        "mini_TA8": (
+            "the 8 tasks of the mini benchmark, one fine-tuned model each",
+            list(TASKS),
+            list(TASKS),
+            list(TASKS),
+        ),
         "mini_TA20": (
             "the 4 target tasks plus 16 irrelevant models (8 pixel-permuted, 8 label-permuted tasks); "
             "train sets (FW's labelled data) for the 4 targets only",
-            list(TARGETS) + irrelevant, list(TARGETS), list(TARGETS) + irrelevant,
+            list(TARGETS) + irrelevant,
+            list(TARGETS),
+            list(TARGETS) + irrelevant,
         ),
         "mini_all": (
             "every model of the full build (tasks, relevant, irrelevant, noisy); the scaling script "
             "selects subsets with ~modelpool.models.NAME overrides",
-            names, list(TASKS), names,
+            names,
+            list(TASKS),
+            names,
         ),
     }
 
@@ -650,10 +714,10 @@ def _q(s: str) -> str:
     return json.dumps(s)
 
 
-def render_configs() -> Dict[str, str]:
+def render_configs() -> dict[str, str]:
     """``{relative path under config/: yaml text}``."""
     specs = {s.name: s for s in model_specs()}
-    out: Dict[str, str] = {}
+    out: dict[str, str] = {}
     data = lambda task, split: f"{ROOT_EXPR}/data/{task}/{split}"
     for name, (what, models, train, test) in pool_contents().items():
         lines = [_HEADER.format(what=what, env=ENV_VAR)]
@@ -665,14 +729,20 @@ def render_configs() -> Dict[str, str]:
             "clip_tasks:",
         ]
         for m in models:
-            lines.append(f"  {m}: {{classnames: [{', '.join(_q(c) for c in specs[m].task.classnames)}], templates: [{_q(TEMPLATES[0])}]}}")
+            lines.append(
+                f"  {m}: {{classnames: [{', '.join(_q(c) for c in specs[m].task.classnames)}], templates: [{_q(TEMPLATES[0])}]}}"
+            )
         lines.append("models:")
         lines.append(f"  {PRETRAINED}: {ROOT_EXPR}/models/{PRETRAINED}")
         lines += [f"  {m}: {ROOT_EXPR}/models/{m}" for m in models]
         for split, members in (("train", train), ("test", test)):
             lines.append(f"{split}_datasets:")
             for m in members:
-                lines += [f"  {m}:", "    _target_: datasets.load_from_disk", f"    dataset_path: {data(specs[m].base_task if specs[m].group == 'relevant' else m, split)}"]
+                lines += [
+                    f"  {m}:",
+                    "    _target_: datasets.load_from_disk",
+                    f"    dataset_path: {data(specs[m].base_task if specs[m].group == 'relevant' else m, split)}",
+                ]
         out[f"modelpool/{name}.yaml"] = "\n".join(lines) + "\n"
     for name, (what, tasks) in TASKPOOLS.items():
         lines = [_HEADER.format(what=what, env=ENV_VAR)]
@@ -701,7 +771,7 @@ def render_configs() -> Dict[str, str]:
     return out
 
 
-def write_configs(config_dir: str) -> List[str]:
+def write_configs(config_dir: str) -> list[str]:
     written = []
     for rel, text in render_configs().items():
         path = os.path.join(config_dir, rel)
@@ -716,12 +786,15 @@ def write_configs(config_dir: str) -> List[str]:
 # CLI
 # --------------------------------------------------------------------------------------------
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+
+def main(argv: Sequence[str] | None = None) -> int:
     defaults = BuildParams()
     parser = argparse.ArgumentParser(prog="python -m fusion_bench_fw.offline.minibench")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="build (or reuse) the mini benchmark")
-    b.add_argument("--root", default=None, help=f"output folder (default ${ENV_VAR} or ~/.cache/fusion_bench_fw/minibench)")
+    b.add_argument(
+        "--root", default=None, help=f"output folder (default ${ENV_VAR} or ~/.cache/fusion_bench_fw/minibench)"
+    )
     b.add_argument("--quick", action="store_true", help="small sizes and few steps (tests, CI)")
     b.add_argument("--force", action="store_true", help="rebuild every model")
     b.add_argument("--no-progress", action="store_true")
@@ -729,7 +802,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         value = getattr(defaults, f.name)
         b.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=None)
     c = sub.add_parser("configs", help="(re)write the mini_* plugin configs")
-    c.add_argument("--out", default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config"))
+    c.add_argument(
+        "--out",
+        default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config"),
+    )
     args = parser.parse_args(argv)
     if args.command == "configs":
         for path in write_configs(args.out):
@@ -745,7 +821,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(f"{'model':<20} {'group':<10} {'own test acc':>12} {'pretrained':>10}")
     for name, info in m["models"].items():
         pre = m["pretrained_accuracy"].get(info["task"])
-        print(f"{name:<20} {info['group']:<10} {info['own_test_accuracy']:>12.3f} {'' if pre is None else f'{pre:.3f}':>10}")
+        print(
+            f"{name:<20} {info['group']:<10} {info['own_test_accuracy']:>12.3f} {'' if pre is None else f'{pre:.3f}':>10}"
+        )
     print(f"root: {m['root']} (build {m['build_seconds']}s)")
     print(f"export {ENV_VAR}={m['root']}")
     return 0

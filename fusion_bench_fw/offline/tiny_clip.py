@@ -51,8 +51,8 @@ import shutil
 import sys
 import time
 import zlib
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,6 +67,7 @@ BUILDER_VERSION = 1
 # --------------------------------------------------------------------------------------------
 # Synthetic tasks
 # --------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TinyTask:
@@ -143,12 +144,16 @@ def _draw_sizes(label: int, rng: np.random.Generator, shifted: bool) -> np.ndarr
     return _finish(img)
 
 
-TASKS: Dict[str, TinyTask] = {
+TASKS: dict[str, TinyTask] = {
     t.name: t
     for t in (
         TinyTask("tiny_colors", tuple(_COLORS), _draw_colors),
         TinyTask("tiny_stripes", ("horizontal stripes", "vertical stripes", "diagonal stripes"), _draw_stripes),
-        TinyTask("tiny_quadrants", ("top left square", "top right square", "bottom left square", "bottom right square"), _draw_quadrants),
+        TinyTask(
+            "tiny_quadrants",
+            ("top left square", "top right square", "bottom left square", "bottom right square"),
+            _draw_quadrants,
+        ),
         TinyTask("tiny_sizes", ("small square", "large square"), _draw_sizes),
     )
 }
@@ -160,7 +165,7 @@ def _rng(seed: int, *keys: str) -> np.random.Generator:
     return np.random.default_rng([seed] + [zlib.crc32(k.encode()) for k in keys])
 
 
-def irrelevant_names(tasks: Sequence[str], count: int) -> List[tuple]:
+def irrelevant_names(tasks: Sequence[str], count: int) -> list[tuple]:
     """``[(name, base_task, shift), ...]`` for ``count`` label-permuted models."""
     out = []
     for i in range(count):
@@ -176,7 +181,8 @@ def irrelevant_names(tasks: Sequence[str], count: int) -> List[tuple]:
 # Tokenizer / processor / model built in code
 # --------------------------------------------------------------------------------------------
 
-def _byte_alphabet() -> List[str]:
+
+def _byte_alphabet() -> list[str]:
     """The 256 printable stand-ins that byte-level BPE (GPT-2/CLIP) uses for the bytes 0..255."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)]
     table, extra = {}, 0
@@ -199,7 +205,7 @@ def make_processor():
         from transformers import CLIPImageProcessor as ImageProcessor
 
     alphabet = _byte_alphabet()
-    vocab: Dict[str, int] = {}
+    vocab: dict[str, int] = {}
     for ch in alphabet:
         vocab[ch] = len(vocab)
     for ch in alphabet:  # a word's last character carries the end-of-word marker
@@ -220,13 +226,23 @@ def make_clip_model(processor, seed: int):
     tok = processor.tokenizer
     config = CLIPConfig(
         text_config=dict(
-            vocab_size=len(tok.get_vocab()), hidden_size=32, intermediate_size=64,
-            num_hidden_layers=2, num_attention_heads=2, max_position_embeddings=64,
-            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+            vocab_size=len(tok.get_vocab()),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=64,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            image_size=IMAGE_SIZE, patch_size=8,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=IMAGE_SIZE,
+            patch_size=8,
         ),
         projection_dim=32,
     )
@@ -237,6 +253,7 @@ def make_clip_model(processor, seed: int):
 # --------------------------------------------------------------------------------------------
 # Training helpers
 # --------------------------------------------------------------------------------------------
+
 
 def text_head(clip_model, processor, classnames: Sequence[str], templates: Sequence[str] = TEMPLATES):
     """Zero-shot head, computed as FusionBench's HFCLIPClassifier does (normalised template mean)."""
@@ -258,7 +275,7 @@ def image_embeds(vision_model, visual_projection, pixel_values):
 
 
 @contextlib.contextmanager
-def _torch_threads(n: Optional[int]):
+def _torch_threads(n: int | None):
     import torch
 
     old = torch.get_num_threads()
@@ -301,6 +318,7 @@ def _sha256(path: str) -> str:
 # The build
 # --------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class BuildParams:
     """Everything that determines a build (a manifest must match all of it to be reused).
@@ -320,7 +338,7 @@ class BuildParams:
             other jobs share the cores (two threads then spin-wait on each other).
     """
 
-    tasks: Tuple[str, ...] = DEFAULT_TASKS
+    tasks: tuple[str, ...] = DEFAULT_TASKS
     seed: int = 0
     n_train: int = 64
     n_test: int = 32
@@ -332,7 +350,7 @@ class BuildParams:
     finetune_steps: int = 60
     finetune_lr: float = 1e-3
     batch_size: int = 64
-    threads: Optional[int] = 1
+    threads: int | None = 1
 
     def __post_init__(self):
         object.__setattr__(self, "tasks", tuple(self.tasks))
@@ -350,7 +368,7 @@ class BuildParams:
         return d
 
 
-def read_manifest(root: str) -> Optional[dict]:
+def read_manifest(root: str) -> dict | None:
     try:
         with open(os.path.join(root, "manifest.json")) as f:
             return json.load(f)
@@ -429,18 +447,18 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
 
     processor = make_processor()
 
-    def to_pixels(arrays: List[np.ndarray]):
+    def to_pixels(arrays: list[np.ndarray]):
         return processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")["pixel_values"]
 
     # ---- data sets: name -> (base task, label map or None) --------------------------------
     irr = irrelevant_names(tasks, build.irrelevant)
-    spec: Dict[str, tuple] = {t: (t, None) for t in tasks}
+    spec: dict[str, tuple] = {t: (t, None) for t in tasks}
     for name, base, shift in irr:
         n_cls = len(TASKS[base].classnames)
         spec[name] = (base, [(y + shift) % n_cls for y in range(n_cls)])
 
-    arrays: Dict[str, Dict[str, List[np.ndarray]]] = {}
-    labels: Dict[str, Dict[str, List[int]]] = {}
+    arrays: dict[str, dict[str, list[np.ndarray]]] = {}
+    labels: dict[str, dict[str, list[int]]] = {}
     for t in tasks:
         arrays[t], labels[t] = {}, {}
         for split, n in (("train", build.n_train), ("test", build.n_test)):
@@ -450,7 +468,7 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
             arrays[name] = arrays[base]
             labels[name] = {s: [label_map[y] for y in ys] for s, ys in labels[base].items()}
 
-    files: Dict[str, Optional[str]] = {}
+    files: dict[str, str | None] = {}
     for name, (base, _) in spec.items():
         features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(TASKS[base].classnames))})
         for split in ("train", "test"):
@@ -486,7 +504,9 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
         idx = torch.randperm(len(corpus_x), generator=gen)[: build.batch_size]
         y = corpus_y[idx]
         txt = F.normalize(clip.text_projection(clip.text_model(**text_inputs)[1]), dim=-1)
-        logits = clip.logit_scale.exp() * image_embeds(clip.vision_model, clip.visual_projection, corpus_x[idx]) @ txt.t()
+        logits = (
+            clip.logit_scale.exp() * image_embeds(clip.vision_model, clip.visual_projection, corpus_x[idx]) @ txt.t()
+        )
         # CLIP's symmetric loss, with the other captions / images *of the same task* as the
         # negatives (tasks overlap visually: a quadrant image is also a "small square"):
         # image -> its caption, and each caption in the batch -> the images that carry it.
@@ -536,7 +556,7 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
     _log(verbose, f"fine-tuned {len(spec)} models ({time.perf_counter() - t_start:.1f}s)")
 
     # ---- every model on every test set (same head and scale as FusionBench's classifier) ---
-    accuracy: Dict[str, Dict[str, float]] = {}
+    accuracy: dict[str, dict[str, float]] = {}
     with torch.no_grad():
         for model_name, vm in vision_models.items():
             accuracy[model_name] = {}
@@ -579,7 +599,7 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
     return manifest
 
 
-def main(argv: Optional[Iterable[str]] = None) -> int:
+def main(argv: Iterable[str] | None = None) -> int:
     defaults = BuildParams()
     parser = argparse.ArgumentParser(
         prog="python -m fusion_bench_fw.offline.tiny_clip",

@@ -35,7 +35,7 @@ import os
 import random
 import string
 import sys
-from typing import Callable, Dict, List, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,7 @@ def make_tokenizer():
     )
 
 
-def _words(rng: random.Random, n: int, lo: int = 3, hi: int = 6) -> List[str]:
+def _words(rng: random.Random, n: int, lo: int = 3, hi: int = 6) -> list[str]:
     return ["".join(rng.choice(LETTERS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
 
 
@@ -77,16 +77,16 @@ def gen_example(task: str, word: str):
     return (f"c:{word}=", word) if task == "copy" else (f"r:{word}=", word[::-1])
 
 
-def _encode(tok, text: str) -> List[int]:
+def _encode(tok, text: str) -> list[int]:
     return tok(text, add_special_tokens=False)["input_ids"]
 
 
-def _padded(ids: List[int], length: int, value: int = PAD):
+def _padded(ids: list[int], length: int, value: int = PAD):
     assert len(ids) <= length, (ids, length)
     return ids + [value] * (length - len(ids)), [1] * len(ids) + [0] * (length - len(ids))
 
 
-def _train(model, loss_fn: Callable, batches: List, steps: int, lr: float, seed: int):
+def _train(model, loss_fn: Callable, batches: list, steps: int, lr: float, seed: int):
     torch.manual_seed(seed)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -98,7 +98,7 @@ def _train(model, loss_fn: Callable, batches: List, steps: int, lr: float, seed:
     model.eval()
 
 
-def _batches(rows: List[dict], size: int) -> List[Dict[str, torch.Tensor]]:
+def _batches(rows: list[dict], size: int) -> list[dict[str, torch.Tensor]]:
     out = []
     for s in range(0, len(rows), size):
         chunk = rows[s : s + size]
@@ -119,8 +119,18 @@ def _gpt2_config(vocab_size: int):
     from transformers import GPT2Config
 
     return GPT2Config(
-        vocab_size=vocab_size, n_positions=32, n_embd=32, n_layer=2, n_head=2, pad_token_id=PAD,
-        bos_token_id=EOS, eos_token_id=EOS, num_labels=2, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=vocab_size,
+        n_positions=32,
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        pad_token_id=PAD,
+        bos_token_id=EOS,
+        eos_token_id=EOS,
+        num_labels=2,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
 
 
@@ -149,7 +159,9 @@ def build_gpt2_cls(root: str, tok, seed: int, n_train: int, n_test: int, steps: 
         torch.manual_seed(seed + 100 + t)
         model = GPT2ForSequenceClassification(config)
         model.transformer.load_state_dict(pretrained.state_dict())
-        loss = lambda m, b: F.cross_entropy(m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])  # noqa: E731
+        loss = lambda m, b: F.cross_entropy(
+            m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+        )  # noqa: E731
         _train(model, loss, _batches(train, 32), steps, 3e-3, seed + t)
         model.save_pretrained(os.path.join(root, "models", task))
         accuracy[task] = _cls_accuracy(model, test)
@@ -167,7 +179,10 @@ def _pad_rows(rows, keys_pad):
     out = []
     for r in rows:
         n = len(r["input_ids"])
-        out.append({k: list(r[k]) + [v] * (width - len(r[k])) for k, v in keys_pad.items()} | {"attention_mask": [1] * n + [0] * (width - n)})
+        out.append(
+            {k: list(r[k]) + [v] * (width - len(r[k])) for k, v in keys_pad.items()}
+            | {"attention_mask": [1] * n + [0] * (width - n)}
+        )
     return out
 
 
@@ -217,8 +232,17 @@ def build_generative(root: str, tok, kind: str, seed: int, n_train: int, n_test:
         from transformers import T5Config, T5ForConditionalGeneration
 
         config = T5Config(
-            vocab_size=len(tok), d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2, dropout_rate=0.0,
-            pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD, feed_forward_proj="relu",
+            vocab_size=len(tok),
+            d_model=32,
+            d_kv=16,
+            d_ff=64,
+            num_layers=2,
+            num_heads=2,
+            dropout_rate=0.0,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+            decoder_start_token_id=PAD,
+            feed_forward_proj="relu",
         )
         make = lambda: T5ForConditionalGeneration(config)  # noqa: E731
         loss_fn, acc_fn = _t5_loss, answer_token_accuracy_t5
@@ -228,8 +252,17 @@ def build_generative(root: str, tok, kind: str, seed: int, n_train: int, n_test:
     encode = causal_rows if kind == "causal" else t5_rows
     rng = random.Random(f"{seed}-{kind}-pre")
     mixed = [encode(tok, *gen_example(GEN_TASKS[i % 2], w)) for i, w in enumerate(_words(rng, 128))]
-    pad = (lambda rows: _pad_rows(rows, {"input_ids": PAD, "labels": -100})) if kind == "causal" else (lambda rows: rows)
-    _train(pretrained, loss_fn, [_batches(pad(mixed[s : s + 32]), 32)[0] for s in range(0, 128, 32)], steps // 2, 3e-3, seed)
+    pad = (
+        (lambda rows: _pad_rows(rows, {"input_ids": PAD, "labels": -100})) if kind == "causal" else (lambda rows: rows)
+    )
+    _train(
+        pretrained,
+        loss_fn,
+        [_batches(pad(mixed[s : s + 32]), 32)[0] for s in range(0, 128, 32)],
+        steps // 2,
+        3e-3,
+        seed,
+    )
     pretrained.save_pretrained(os.path.join(root, "models", PRETRAINED))
     tok.save_pretrained(os.path.join(root, "models", PRETRAINED))
     tok.save_pretrained(os.path.join(root, "tokenizer"))
@@ -240,18 +273,30 @@ def build_generative(root: str, tok, kind: str, seed: int, n_train: int, n_test:
         rng = random.Random(f"{seed}-{kind}-{task}")
         train_words, test_words = _words(rng, n_train), _words(rng, n_test)
         if kind == "causal":  # prompt/answer text: the objective tokenises it with the pool's tokenizer
-            splits = {s: [dict(zip(("prompt", "answer"), gen_example(task, w))) for w in ws]
-                      for s, ws in (("train", train_words), ("test", test_words))}
+            splits = {
+                s: [dict(zip(("prompt", "answer"), gen_example(task, w))) for w in ws]
+                for s, ws in (("train", train_words), ("test", test_words))
+            }
             rows_of[task] = {s: [causal_rows(tok, r["prompt"], r["answer"]) for r in v] for s, v in splits.items()}
         else:
-            splits = {s: [t5_rows(tok, *gen_example(task, w)) for w in ws] for s, ws in (("train", train_words), ("test", test_words))}
+            splits = {
+                s: [t5_rows(tok, *gen_example(task, w)) for w in ws]
+                for s, ws in (("train", train_words), ("test", test_words))
+            }
             rows_of[task] = splits
         for split, rows in splits.items():
             Dataset.from_list(rows).save_to_disk(os.path.join(root, "data", task, split))
         model = make()
         model.load_state_dict(state)
         train = rows_of[task]["train"]
-        _train(model, loss_fn, [_batches(pad(train[s : s + 32]), 32)[0] for s in range(0, len(train), 32)], steps, 3e-3, seed + 1 + t)
+        _train(
+            model,
+            loss_fn,
+            [_batches(pad(train[s : s + 32]), 32)[0] for s in range(0, len(train), 32)],
+            steps,
+            3e-3,
+            seed + 1 + t,
+        )
         model.save_pretrained(os.path.join(root, "models", task))
     for name in (PRETRAINED, *GEN_TASKS):
         model = make()
@@ -264,7 +309,12 @@ def build_generative(root: str, tok, kind: str, seed: int, n_train: int, n_test:
 
 
 def build_tiny_lm_pools(
-    root: str, seed: int = 0, n_train: int = 64, n_test: int = 32, steps: int = 60, kinds=("gpt2_cls", "causal", "seq2seq")
+    root: str,
+    seed: int = 0,
+    n_train: int = 64,
+    n_test: int = 32,
+    steps: int = 60,
+    kinds=("gpt2_cls", "causal", "seq2seq"),
 ) -> dict:
     """Build the pools under ``root`` (skipped when a manifest with the same parameters exists)."""
     root = os.path.abspath(root)
@@ -290,8 +340,10 @@ def build_tiny_lm_pools(
     return manifest
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=f"Build the tiny offline LM pools into ROOT; then export {ENV_VAR}=ROOT.")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=f"Build the tiny offline LM pools into ROOT; then export {ENV_VAR}=ROOT."
+    )
     parser.add_argument("root")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=60)

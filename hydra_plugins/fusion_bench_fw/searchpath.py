@@ -16,13 +16,12 @@ folder. Two entries are appended after the primary config dir:
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
 
-def plugin_config_dir() -> Optional[str]:
+def plugin_config_dir() -> str | None:
     """The directory that holds fusion-bench-fw's ``method/``, ``modelpool/``... configs."""
     try:
         import fusion_bench_fw  # cheap: its FusionBench adapters are imported lazily
@@ -39,7 +38,7 @@ def plugin_config_dir() -> Optional[str]:
     return None
 
 
-def fusion_bench_config_dir() -> Optional[str]:
+def fusion_bench_config_dir() -> str | None:
     """FusionBench's installed config directory (the one holding ``fabric_model_fusion.yaml``)."""
     try:
         import fusion_bench  # a lazy module: cheap, but its __spec__ is None (find_spec fails)
