@@ -265,36 +265,21 @@ def measure(spec: dict, workdir: Path) -> dict:
 
 # ------------------------------------------------------------------- CLI runs (AdaMerging vs FW)
 def run_cli(args: list[str], root: Path, run_dir: Path, threads: int) -> dict:
-    from _common import OFFLINE_ENV, fusion_bench_executable
+    from fusion_bench_fw.offline.cli import run_fusion_bench
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    env = dict(
-        os.environ,
-        **OFFLINE_ENV,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        FUSION_BENCH_FW_TINY_ROOT=str(root),
-        FUSION_BENCH_CACHE_DIR=str(run_dir / "cache"),
+    run = run_fusion_bench(
+        [*args, "modelpool=fw_tiny_clip", "taskpool=dummy"],
+        run_dir,
+        env={"FUSION_BENCH_FW_TINY_ROOT": str(root)},
+        threads=threads,
+        timeout=24 * 3600,
     )
-    cli = [
-        fusion_bench_executable(),
-        *args,
-        "modelpool=fw_tiny_clip",
-        "taskpool=dummy",
-        f"path.output_dir={run_dir / 'outputs'}",
-        f"path.log_dir={run_dir / 'log'}",
-    ]
-    t0 = time.perf_counter()
-    with open(run_dir / "cli_output.txt", "w") as f:
-        proc = subprocess.Popen(cli, cwd=run_dir, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        tail = (run_dir / "cli_output.txt").read_text()[-2000:]
-        raise RuntimeError(f"fusion_bench {' '.join(args)} failed:\n{tail}")
-    return dict(seconds=seconds, peak_rss_mb=usage.ru_maxrss / 1024, run_dir=str(run_dir))
+    (run_dir / "cli_output.txt").write_text(run.output)
+    if run.returncode != 0:
+        raise RuntimeError(f"fusion_bench {' '.join(args)} failed:\n{run.output[-2000:]}")
+    return dict(seconds=run.seconds, peak_rss_mb=run.peak_rss_mb, run_dir=str(run_dir))
 
 
 def end_to_end(root: Path, workdir: Path, s: dict, threads: int) -> dict:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_cli_tiny import TINY_TASKS
+
+from fusion_bench_fw.offline.tiny_clip import DEFAULT_TASKS
+
+TINY_TASKS = list(DEFAULT_TASKS)  # the default build's tasks, in its order
 
 FAST = ["method.max_iters=3", "method.n_per_task=32", "method.progress=false"]
 
