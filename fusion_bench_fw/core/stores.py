@@ -133,10 +133,9 @@ def checkpoint_header(name: str, path: str) -> tuple[int, dict[str, dict]]:
     try:
         return read_safetensors_header(path)
     except Exception as exc:  # OSError, bad JSON, bad offsets
-        raise StoreError(
-            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
-            "the file is missing, truncated or corrupt: re-download or re-save it"
-        ) from exc
+        from fusion_bench_fw.load_errors import explain_load_failure
+
+        raise StoreError(explain_load_failure(name, path, exc, what=f"cannot read safetensors file {path!r}")) from exc
 
 
 class SafetensorsVertexStore(VertexStore):

@@ -17,6 +17,7 @@ import torch
 
 from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
 from fusion_bench_fw.core.stores import StoreError, VertexStore, checkpoint_header
+from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
 from .pool_store import build_vertex_store, check_finite, full_weights, local_safetensors_file, spilled_path
 
@@ -74,14 +75,11 @@ def _safetensors_header(name: str, path: str) -> Header:
 
 def load_model_checked(modelpool, name: str) -> torch.nn.Module:
     """``modelpool.load_model(name)`` (``load_pretrained_model()`` for the pretrained one), with an
-    error naming the model when its files are bad."""
+    error naming the model, the cause (hub, missing path, bad file) and its fix."""
     try:
         return modelpool.load_pretrained_model() if name == "_pretrained_" else modelpool.load_model(name)
     except Exception as exc:
-        raise StoreError(
-            f"checkpoint {name!r}: cannot load it ({type(exc).__name__}: {exc}); "
-            "the files are missing, truncated or corrupt: re-download or re-save them"
-        ) from exc
+        raise StoreError(explain_load_failure(name, model_source(modelpool, name), exc)) from exc
 
 
 def _loaded_header(modelpool, name: str) -> Header:
