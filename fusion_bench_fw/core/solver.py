@@ -404,10 +404,12 @@ def frank_wolfe(
             gamma = _hard_update(objective, theta, vertices, blocks, chosen, t, config, alpha if track_alpha else None)
             record.step_size = gamma
             record.selected = _describe_selection(vertices.names, chosen.unsqueeze(0), blocks)
+            record.chosen = chosen.unsqueeze(0).tolist()
         else:
             chosen = select_per_task(scores[1:]) if per_task_grads else select_topk(scores[0], k)
             record.inner = _soft_update(objective, theta, vertices, blocks, chosen, t, config, alpha, record.loss)
             record.selected = _describe_selection(vertices.names, chosen, blocks)
+            record.chosen = chosen.tolist()
         _sync(device)
         record.time_update_s = time.perf_counter() - t2
         record.peak_host_rss_mb, record.peak_device_mb = _peak_rss_mb(), _peak_device_mb(device)

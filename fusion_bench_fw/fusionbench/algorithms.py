@@ -24,6 +24,7 @@ from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore
 
+from . import observe
 from .distributed import fabric_communicator
 from .lm_objectives import build_objective
 from .pool_store import STORE_MODES, check_finite
@@ -230,6 +231,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         def save(record: IterationRecord, history: RunHistory) -> None:
             if self.fabric.is_global_zero:
                 history.save(history_path)
+                observe.log_iteration(self.fabric, record)
 
         checkpoint_path = self.checkpoint_path or os.path.join(out_dir, "fw_checkpoint.safetensors")
         if self.resume and not os.path.exists(checkpoint_path):
@@ -257,6 +259,7 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         if self.fabric.is_global_zero:
             result.history.save(history_path)
             log.info("FW-%s history written to %s", self.variant, history_path)
+            observe.finish(self.fabric, result.history, history_path)  # its picture; flushes the loggers
 
         # the template is this run's own copy of the pretrained model: it becomes the merge
         merged = template.requires_grad_(True)
