@@ -169,7 +169,7 @@ def run_fusion_bench(
         returncode=proc.returncode,
         stdout=streams[0].read_text(),
         stderr=streams[1].read_text() + (f"\nTimeoutError: killed after {timeout}s" if killed.is_set() else ""),
-        seconds=round(time.perf_counter() - t0, 1),
+        seconds=time.perf_counter() - t0,
         peak_rss_mb=usage.ru_maxrss / 1024,
         timed_out=killed.is_set(),
     )
