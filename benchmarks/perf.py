@@ -236,8 +236,9 @@ def run_child(spec: dict) -> dict:
     )
 
 
-def measure(spec: dict, workdir: Path) -> dict:
-    """Run ``spec`` in a fresh child; its ru_maxrss (via wait4) is that configuration's peak."""
+def measure(spec: dict, workdir: Path, script: str = __file__) -> dict:
+    """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
+    (via wait4) is that configuration's peak."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{spec['variant']}_{spec['n']}_{spec.get('repeat', 0)}"
     out, log = workdir / f"child_{tag}.json", workdir / f"child_{tag}.log"
@@ -249,7 +250,7 @@ def measure(spec: dict, workdir: Path) -> dict:
     )
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(spec), "--child-out", str(out)],
+            [sys.executable, script, "--child", json.dumps(spec), "--child-out", str(out)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
@@ -264,7 +265,9 @@ def measure(spec: dict, workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------- CLI runs (AdaMerging vs FW)
-def run_cli(args: list[str], root: Path, run_dir: Path, threads: int) -> dict:
+def run_cli(args: list[str], root: Path, run_dir: Path, threads: int, pool_args=("modelpool=fw_tiny_clip",)) -> dict:
+    """``fusion_bench *args *pool_args taskpool=dummy`` in a fresh process: wall seconds and its
+    ru_maxrss (``pool_args`` may start with ``-cd DIR`` to add a config folder)."""
     from _common import OFFLINE_ENV, fusion_bench_executable
 
     if run_dir.exists():
@@ -280,8 +283,8 @@ def run_cli(args: list[str], root: Path, run_dir: Path, threads: int) -> dict:
     )
     cli = [
         fusion_bench_executable(),
+        *pool_args,
         *args,
-        "modelpool=fw_tiny_clip",
         "taskpool=dummy",
         f"path.output_dir={run_dir / 'outputs'}",
         f"path.log_dir={run_dir / 'log'}",

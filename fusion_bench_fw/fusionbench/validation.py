@@ -74,9 +74,12 @@ def check_target_samples(modelpool, targets: Sequence[str], n_per_task: int, all
             check_sample_count(task, len(dataset), n_per_task, allow_fewer)
 
 
-def _safetensors_header(name: str, path: str) -> Header:
-    _, header = checkpoint_header(name, path)
+def _as_header(header: dict[str, dict]) -> Header:
     return {k: (tuple(info["shape"]), info["dtype"]) for k, info in header.items()}
+
+
+def _safetensors_header(name: str, path: str) -> Header:
+    return _as_header(checkpoint_header(name, path)[1])
 
 
 def load_model_checked(modelpool, name: str) -> torch.nn.Module:
@@ -101,7 +104,7 @@ def candidate_header(modelpool, name: str, cache_dir: str | None) -> Header:
     pool entry is a local file (or was spilled before), else by loading the model once."""
     lora_header = lora_base_header(modelpool, name)  # W0 + s B A has its base model's tensors
     if lora_header is not None:
-        return {k: (tuple(info["shape"]), info["dtype"]) for k, info in lora_header.items()}
+        return _as_header(lora_header)
     path = local_safetensors_file(modelpool, name)
     reusable = isinstance(getattr(modelpool, "_models", {}).get(name), str)  # "session" spills may be stale
     if path is None and cache_dir is not None and reusable:

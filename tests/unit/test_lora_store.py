@@ -291,3 +291,47 @@ def test_unsupported_adapters_are_refused_with_the_reason(tmp_path):
     _peft_adapter(_tiny_llama(), tmp_path / "ok", 0, r=2, target_modules=["q_proj"])
     with pytest.raises(LoraFormatError, match="no tensor 'model.layers.0.self_attn.q_proj.weight'"):
         read_peft_adapter(str(tmp_path / "ok"), {k: v for k, v in shapes.items() if "q_proj" not in k})
+
+
+# ----------------------------------------------------------------------- the pool adapter
+def test_pool_store_keeps_lora_entries_as_factors_next_to_full_weights(tmp_path, caplog):
+    from fusion_bench.modelpool import CausalLMPool
+    from omegaconf import OmegaConf
+
+    from fusion_bench_fw.fusionbench.pool_store import build_vertex_store
+
+    base_model = _tiny_llama()
+    base_model.save_pretrained(tmp_path / "base")
+    shapes = {n: tuple(p.shape) for n, p in base_model.named_parameters()}
+    _peft_adapter(_tiny_llama(), tmp_path / "a", 1, r=2, lora_alpha=4, target_modules=["q_proj", "up_proj"])
+    _peft_adapter(_tiny_llama(), tmp_path / "b", 2, r=3, lora_alpha=3, target_modules=["v_proj"])
+    _peft_adapter(_tiny_llama(), tmp_path / "dora", 3, r=2, target_modules=["q_proj"], use_dora=True)
+    full = _tiny_llama()
+    with torch.no_grad():
+        for p in full.parameters():
+            p.add_(0.1)
+    full.save_pretrained(tmp_path / "full")
+    lora = lambda name: {  # noqa: E731
+        "_target_": "fusion_bench.modelpool.causal_lm.causal_lm.load_peft_causal_lm",
+        "base_model_path": str(tmp_path / "base"),
+        "peft_model_path": str(tmp_path / name),
+        "torch_dtype": "float32",
+        "is_trainable": False,
+        "merge_and_unload": True,
+    }
+    models = {"_pretrained_": str(tmp_path / "base"), "a": lora("a"), "full": str(tmp_path / "full"), "b": lora("b")}
+    models["dora"] = lora("dora")
+    pool = CausalLMPool(OmegaConf.create(models), tokenizer=None)
+    names = ["a", "full", "b", "dora"]
+    with caplog.at_level("WARNING"):
+        factored = build_vertex_store(pool, names, shapes, "auto", str(tmp_path / "cache_auto"))
+    assert "dora" in caplog.text and "use_dora" in caplog.text  # falls back to full weights, says why
+    spilled = build_vertex_store(pool, names, shapes, "safetensors", str(tmp_path / "cache_full"))
+    assert [p.name for p in (tmp_path / "cache_auto").rglob("*.safetensors")] == ["dora.safetensors"]
+    assert len(list((tmp_path / "cache_full").rglob("*.safetensors"))) == 3  # a, b, dora (full is read in place)
+    assert set(factored.names) == set(names)
+    assert factored.parts("a", "model.layers.0.self_attn.q_proj.weight") is not None
+    assert factored.parts("full", "model.layers.0.self_attn.q_proj.weight") is None
+    for name in names:
+        for key in shapes:
+            torch.testing.assert_close(factored.tensor(name, key), spilled.tensor(name, key), rtol=1e-6, atol=1e-6)
