@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perf import machine, measure, write_report  # noqa: E402
+from perf import add_child_arguments, machine, measure, serve_child, write_report  # noqa: E402
 
 LLAMA_1B = dict(
     hidden_size=2048,
@@ -47,14 +47,7 @@ LLAMA_1B = dict(
     num_key_value_heads=4,
     vocab_size=32000,
 )
-LLAMA2_7B = dict(
-    hidden_size=4096,
-    intermediate_size=11008,
-    num_hidden_layers=32,
-    num_attention_heads=32,
-    num_key_value_heads=32,
-    vocab_size=32000,
-)
+LLAMA2_7B = dict(LLAMA_1B, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_key_value_heads=32)
 QUICK = dict(LLAMA_1B, num_hidden_layers=2, vocab_size=4096)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK, ALPHA = 16, 32
@@ -361,11 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="/tmp/fw-lora-scale")
     p.add_argument("--out", default="outputs/lora_scale")
     p.add_argument("--clean", action="store_true", help="delete --root (model, adapters, spills) at the end")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_child_arguments(p)
     a = p.parse_args(argv)
-    if a.child:
-        Path(a.child_out).write_text(json.dumps(run_child(json.loads(a.child))))
+    if serve_child(a, run_child):
         return 0
 
     t0 = time.perf_counter()

@@ -236,6 +236,20 @@ def run_child(spec: dict) -> dict:
     )
 
 
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden ``--child SPEC --child-out FILE`` options that :func:`measure` calls a script with."""
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+
+
+def serve_child(args, run) -> bool:
+    """In a child started by :func:`measure`: write ``run(spec)`` as JSON and return True."""
+    if not args.child:
+        return False
+    Path(args.child_out).write_text(json.dumps(run(json.loads(args.child))))
+    return True
+
+
 def measure(spec: dict, workdir: Path, script: str = __file__) -> dict:
     """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
     (via wait4) is that configuration's peak."""
@@ -523,11 +537,9 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT", os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")),
     )
     p.add_argument("--out", default="outputs/perf")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_child_arguments(p)
     a = p.parse_args(argv)
-    if a.child:
-        Path(a.child_out).write_text(json.dumps(run_child(json.loads(a.child))))
+    if serve_child(a, run_child):
         return 0
 
     t0 = time.perf_counter()
