@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .lora_store import low_rank_dots
+
 LMO_SCORES = ("inner", "cosine")
 GRANULARITIES = ("task", "layer")
 
@@ -191,8 +193,6 @@ def _score_factored(factored, grads, theta, shape, scratch, chunk, inner, cos, b
     distinct base (one read of it), the second from the factors (:func:`low_rank_dots`).
     Cosine needs ||v||^2 = ||base||^2 + 2 s <base, B A> + ||s B A||^2, from the same reads.
     """
-    from .lora_store import low_rank_dots
-
     work = theta.dtype
     groups: dict[object, list[int]] = {}
     for i, part in factored.items():
