@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
             passes=a.passes,
             per_tensor=variant == "factored" and n == max(a.factored),
         )
-        r = measure(spec, out / "children", script=__file__)
+        r = measure(spec, root / "children", script=__file__)
         shutil.rmtree(cache, ignore_errors=True)  # N full models: never keep them
         rows.append(r)
         print(

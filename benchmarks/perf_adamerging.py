@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -155,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT", os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")),
     )
     p.add_argument("--out", default="outputs/perf_adamerging")
+    p.add_argument("--workdir", default="/tmp/fw-perf-adamerging", help="CLI runs (deleted at the end; --keep)")
+    p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -164,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[perf_adamerging] {info}", flush=True)
     pool = build_pool(root, max(a.sizes), VIT_B32, with_data=True)
     settings = dict(steps=a.steps, batch=a.batch, inner_steps=a.inner_steps)
-    workdir = out / "cli"
+    workdir = Path(a.workdir).resolve()
     rows = []
     for n in a.sizes:  # interleave methods so load drift hits all alike
         name = write_pool_config(root, n, workdir / "config")
@@ -191,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     report["seconds"] = time.perf_counter() - t0
     write_report(out, "perf_adamerging", report, render)
+    if not a.keep:  # each FW run leaves a checkpoint of the merged model
+        shutil.rmtree(workdir, ignore_errors=True)
     return 0
 
 
