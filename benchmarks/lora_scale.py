@@ -314,8 +314,8 @@ def render(report: dict) -> str:
         "",
         "factored = `method.store=auto` (LoRA adapters as factors over the base's safetensors); full = "
         "`method.store=safetensors` (today's path: FusionBench's `load_peft_causal_lm` with `merge_and_unload`, "
-        "spilled once to safetensors, streamed). LMO pass s: each pass of the cell (first one with a cold page "
-        "cache for the factored store's base). Written: /proc/self/io write_bytes of the cell's process.",
+        "spilled once to safetensors, streamed). LMO pass s: each pass of the cell, in order (the "
+        "first may read from disk, later ones from the page cache when the files fit in it). Written: /proc/self/io write_bytes of the cell's process.",
     ]
     e = report.get("extrapolation")
     if e:
