@@ -274,15 +274,19 @@ def extrapolate(report: dict) -> dict:
         out["factored_per_adapted_param_candidate_ns"] = 1e9 * factor_per_elem
         out["factored_disk_bytes"] = 0
         out["adapter_bytes_7b"] = 2 * RANK * sum(sum(s) for k, s in tensors.items() if adapted(k))
-    full = [r for (v, _), r in rows.items() if v == "full"]
-    if full:
-        params = report["n_params"]
-        lmo_per = statistics.median(min(r["lmo_s"]) / (r["n"] * params) for r in full)
+    full = sorted((r for (v, _), r in rows.items() if v == "full"), key=lambda r: r["n"])
+    if len(full) >= 2:  # pass = a + b N over the measured cells (least squares), per parameter
+        params, ns = report["n_params"], [r["n"] for r in full]
+        times = [min(r["lmo_s"]) for r in full]
+        n_mean, t_mean = statistics.mean(ns), statistics.mean(times)
+        slope = sum((x - n_mean) * (y - t_mean) for x, y in zip(ns, times)) / sum((x - n_mean) ** 2 for x in ns)
+        intercept = t_mean - slope * n_mean
         spill_per = statistics.median(r["build_s"] / (r["n"] * params) for r in full)
-        out["full_lmo_s"] = lmo_per * p7 * n
+        out["full_lmo_s"] = (intercept + slope * n) * p7 / params
         out["full_spill_s"] = spill_per * p7 * n
         out["full_disk_bytes"] = 2 * p7 * n
-        out["full_lmo_per_param_candidate_ns"] = 1e9 * lmo_per
+        out["full_lmo_per_param_candidate_ns"] = 1e9 * slope / params
+        out["full_lmo_fixed_per_param_ns"] = 1e9 * intercept / params
         out["full_spill_per_param_candidate_ns"] = 1e9 * spill_per
     return out
 
@@ -336,8 +340,9 @@ def render(report: dict) -> str:
             lines.append(
                 f"- full weights: spill ~{e['full_spill_s'] / 60:.0f} min and {e['full_disk_bytes'] / gib:.0f} GiB "
                 f"written ({e['full_spill_per_param_candidate_ns']:.1f} ns per parameter and candidate), "
-                f"LMO pass ~{e['full_lmo_s']:.0f} s ({e['full_lmo_per_param_candidate_ns']:.2f} ns per parameter and "
-                f"candidate, assuming the page cache could hold {e['full_disk_bytes'] / gib:.0f} GiB; from disk "
+                f"LMO pass ~{e['full_lmo_s']:.0f} s ({e['full_lmo_fixed_per_param_ns']:.2f} ns per parameter + "
+                f"{e['full_lmo_per_param_candidate_ns']:.2f} ns per parameter and candidate, fitted over the full "
+                f"cells' passes, assuming the page cache could hold {e['full_disk_bytes'] / gib:.0f} GiB; from disk "
                 "it is bounded by the disk's read bandwidth)"
             )
     lines += ["", f"Total benchmark time {report['seconds']:.0f} s. Regenerate: `{report['command']}`"]
@@ -354,9 +359,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--root", default="/tmp/fw-lora-scale")
     p.add_argument("--out", default="outputs/lora_scale")
     p.add_argument("--clean", action="store_true", help="delete --root (model, adapters, spills) at the end")
+    p.add_argument("--render", help="re-render OUT/lora_scale.md from this JSON (the extrapolation recomputed)")
     add_child_arguments(p)
     a = p.parse_args(argv)
     if serve_child(a, run_child):
+        return 0
+    if a.render:
+        report = json.loads(Path(a.render).read_text())
+        report["extrapolation"] = extrapolate(report)
+        write_report(Path(a.out), "lora_scale", report, render)
         return 0
 
     t0 = time.perf_counter()
