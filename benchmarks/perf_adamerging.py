@@ -7,8 +7,14 @@ Every cell is a real end-to-end CLI run with equal step counts: AdaMerging ``--s
 layer-wise weights) and FW ``--steps`` iterations (each: one gradient on ``--batch`` labelled
 images per target task, the LMO pass over the N candidates, the update; FW-soft adds
 ``--inner-steps`` gradients for its step weights). Every method gets the pool's N tasks (FW's
-targets = every task with a train split, AdaMerging adapts on every model's test split). For
-N > 4 the extra models reuse the four tiny tasks' images and class names under their own names.
+targets = every task with a train split, AdaMerging adapts on every model's test split); FW-soft
+keeps ``--soft-k`` selected vertices (4, as in ``perf.py``; its default k = number of targets
+would hold N deltas). For N > 4 the extra models reuse the four tiny tasks' images and class
+names under their own names.
+
+AdaMerging's memory grows with N; a cell whose peak, projected linearly from the two previous
+cells of the same method, would exceed ``--mem-limit`` of the machine's RAM is skipped and
+reported as such (a run past the RAM would be killed, or take other processes with it).
 
 Reported per cell: wall seconds and peak host RSS (ru_maxrss of the CLI process via wait4), and
 the ratios peak(N=20)/peak(N=4) and FW / AdaMerging wall time per N.
@@ -85,13 +91,23 @@ def method_args(method: str, s: dict, workdir: Path) -> list[str]:
         "method.progress=false",
         "method.allow_fewer_samples=true",
     ]
-    return args + ([f"method.inner_steps={s['inner_steps']}"] if method == "fw_soft" else [])
+    return args + ([f"method.inner_steps={s['inner_steps']}", f"method.k={s['soft_k']}"] if method == "fw_soft" else [])
+
+
+def project_peak(previous: list[dict], n: int) -> float | None:
+    """Peak RSS at ``n`` on the line through the method's last two measured cells."""
+    done = [r for r in previous if "peak_rss_mb" in r][-2:]
+    if len(done) < 2:
+        return None
+    (n0, p0), (n1, p1) = ((r["n"], r["peak_rss_mb"]) for r in done)
+    return p1 + (p1 - p0) / (n1 - n0) * (n - n1)
 
 
 def render(report: dict) -> str:
     s, rows = report["settings"], report["runs"]
     sizes = sorted({r["n"] for r in rows})
-    by = {(r["method"], r["n"]): r for r in rows}
+    skipped = {(r["method"], r["n"]): r["skipped"] for r in rows if "skipped" in r}
+    by = {(r["method"], r["n"]): r for r in rows if "skipped" not in r}
     names = {
         "adamerging": "AdaMerging (layer-wise, FusionBench)",
         "fw_hard": "FWHard (this plugin)",
@@ -103,7 +119,7 @@ def render(report: dict) -> str:
         f"{report['threads']} torch thread(s); one fresh `fusion_bench` process per cell (taskpool=dummy).",
         f"Equal step counts: AdaMerging {s['steps']} steps x {s['batch']} test images per task; FW "
         f"{s['steps']} iterations x {s['batch']} labelled images per task (FW-soft: + {s['inner_steps']} inner "
-        "gradient(s) per iteration).",
+        f"gradient(s) per iteration, k = {s['soft_k']}).",
         "",
         "**Peak host RSS (MiB, ru_maxrss of the CLI process)**",
         "",
@@ -113,7 +129,10 @@ def render(report: dict) -> str:
     for m in METHODS:
         vals = [by[(m, n)]["peak_rss_mb"] if (m, n) in by else None for n in sizes]
         if any(v is not None for v in vals):
-            ratio = f"{vals[-1] / vals[0]:.2f}" if vals[0] and vals[-1] else "-"
+            measured = [(n, v) for n, v in zip(sizes, vals) if v is not None]
+            ratio = f"{measured[-1][1] / measured[0][1]:.2f}"
+            if measured[-1][0] != sizes[-1] or measured[0][0] != sizes[0]:
+                ratio += f" (N={measured[-1][0]}/N={measured[0][0]})"
             lines.append(
                 f"| {names[m]} | " + " | ".join("-" if v is None else f"{v:.0f}" for v in vals) + f" | {ratio} |"
             )
@@ -139,6 +158,8 @@ def render(report: dict) -> str:
             lines.append(
                 f"| {names[m]} / AdaMerging | " + " | ".join("-" if r is None else f"{r:.2f}" for r in ratios) + " |"
             )
+    for (m, n), why in skipped.items():
+        lines.append(f"\n{names[m]} at N={n} was not run: {why} > {report['mem_limit_mb'] / 1024:.1f} GiB allowed.")
     lines += ["", f"Total benchmark time {report['seconds']:.0f} s. Regenerate: `{report['command']}`"]
     return "\n".join(lines)
 
@@ -150,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=2, help="AdaMerging steps = FW iterations")
     p.add_argument("--batch", type=int, default=2, help="images per task per step")
     p.add_argument("--inner-steps", type=int, default=1, help="FW-soft inner steps (each costs one gradient)")
+    p.add_argument("--soft-k", type=int, default=4, help="FW-soft's number of selected vertices")
+    p.add_argument("--mem-limit", type=float, default=0.8, help="skip cells projected above this fraction of RAM")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument(
         "--root",
@@ -166,12 +189,18 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     print(f"[perf_adamerging] {info}", flush=True)
     pool = build_pool(root, max(a.sizes), VIT_B32, with_data=True)
-    settings = dict(steps=a.steps, batch=a.batch, inner_steps=a.inner_steps)
+    settings = dict(steps=a.steps, batch=a.batch, inner_steps=a.inner_steps, soft_k=a.soft_k)
+    limit_mb = a.mem_limit * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     workdir = Path(a.workdir).resolve()
     rows = []
     for n in a.sizes:  # interleave methods so load drift hits all alike
         name = write_pool_config(root, n, workdir / "config")
         for m in a.methods:
+            projected = project_peak([r for r in rows if r["method"] == m], n)
+            if projected is not None and projected > limit_mb:
+                rows.append(dict(method=m, n=n, skipped=f"projected peak {projected / 1024:.1f} GiB"))
+                print(f"[perf_adamerging] {m} N={n}: skipped, {rows[-1]['skipped']} > {limit_mb / 1024:.1f} GiB")
+                continue
             run = run_cli(
                 method_args(m, settings, workdir),
                 root,
@@ -189,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         n_params=pool["n_params"],
         threads=a.threads,
         settings=settings,
+        mem_limit_mb=limit_mb,
         runs=rows,
         command="python benchmarks/perf_adamerging.py " + " ".join(argv or sys.argv[1:]),
     )
