@@ -236,8 +236,23 @@ def run_child(spec: dict) -> dict:
     )
 
 
-def measure(spec: dict, workdir: Path) -> dict:
-    """Run ``spec`` in a fresh child; its ru_maxrss (via wait4) is that configuration's peak."""
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden ``--child SPEC --child-out FILE`` options that :func:`measure` calls a script with."""
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+
+
+def serve_child(args, run) -> bool:
+    """In a child started by :func:`measure`: write ``run(spec)`` as JSON and return True."""
+    if not args.child:
+        return False
+    Path(args.child_out).write_text(json.dumps(run(json.loads(args.child))))
+    return True
+
+
+def measure(spec: dict, workdir: Path, script: str = __file__) -> dict:
+    """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
+    (via wait4) is that configuration's peak."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{spec['variant']}_{spec['n']}_{spec.get('repeat', 0)}"
     out, log = workdir / f"child_{tag}.json", workdir / f"child_{tag}.log"
@@ -249,7 +264,7 @@ def measure(spec: dict, workdir: Path) -> dict:
     )
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(spec), "--child-out", str(out)],
+            [sys.executable, script, "--child", json.dumps(spec), "--child-out", str(out)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
@@ -264,13 +279,15 @@ def measure(spec: dict, workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------- CLI runs (AdaMerging vs FW)
-def run_cli(args: list[str], root: Path, run_dir: Path, threads: int) -> dict:
+def run_cli(args: list[str], root: Path, run_dir: Path, threads: int, pool_args=("modelpool=fw_tiny_clip",)) -> dict:
+    """``fusion_bench *pool_args *args taskpool=dummy`` in a fresh process: wall seconds and its
+    ru_maxrss (``pool_args`` may start with ``-cd DIR`` to add a config folder)."""
     from fusion_bench_fw.offline.cli import run_fusion_bench
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run = run_fusion_bench(
-        [*args, "modelpool=fw_tiny_clip", "taskpool=dummy"],
+        [*pool_args, *args, "taskpool=dummy"],
         run_dir,
         env={"FUSION_BENCH_FW_TINY_ROOT": str(root)},
         threads=threads,
@@ -505,11 +522,9 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT", os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")),
     )
     p.add_argument("--out", default="outputs/perf")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_child_arguments(p)
     a = p.parse_args(argv)
-    if a.child:
-        Path(a.child_out).write_text(json.dumps(run_child(json.loads(a.child))))
+    if serve_child(a, run_child):
         return 0
 
     t0 = time.perf_counter()

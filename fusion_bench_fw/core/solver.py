@@ -189,7 +189,14 @@ def materialise(store: VertexStore, coefficients: Tensor, keys: Sequence[str], d
 
 
 def score_vertices_sharded(
-    grads, theta, vertex_names: Sequence[str], read_vertex, blocks: Blocks, cosine: bool, comm: Communicator
+    grads,
+    theta,
+    vertex_names: Sequence[str],
+    read_vertex,
+    blocks: Blocks,
+    cosine: bool,
+    comm: Communicator,
+    read_parts=None,
 ) -> ScoreTable:
     """The LMO score pass with the candidates split round-robin over ranks.
 
@@ -199,12 +206,14 @@ def score_vertices_sharded(
     """
     names = list(vertex_names)
     if not comm.distributed:
-        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine)
+        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine, read_parts=read_parts)
     mine = [i for i in range(len(names)) if comm.owns(i)]
     inner = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
     cos = torch.zeros_like(inner) if cosine else None
     if mine:
-        part = score_vertices(grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine)
+        part = score_vertices(
+            grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine, read_parts=read_parts
+        )
         inner[:, mine] = part.inner.to(inner)
         if cosine:
             cos[:, mine] = part.cosine.to(cos)
@@ -251,6 +260,10 @@ class _Vertices:
         if name in self._pseudo:
             return self._pseudo[name][key]
         return self.store.tensor(name, key)
+
+    def parts(self, name: str, key: str):
+        """The stored vertex's factored form (LoRA candidates), None for whole tensors."""
+        return None if name in self._pseudo else self.store.parts(name, key)
 
     def row(self, name: str) -> Tensor:
         return self._rows[name]
@@ -376,7 +389,9 @@ def frank_wolfe(
             grads = lg.grads
         _sync(device)
         t1 = time.perf_counter()
-        table = score_vertices_sharded(grads, theta, vertices.scored, vertices.read, blocks, cosine, communicator)
+        table = score_vertices_sharded(
+            grads, theta, vertices.scored, vertices.read, blocks, cosine, communicator, vertices.parts
+        )
         t2 = time.perf_counter()
         gap = table.gap(0)
         scores = table.scores(config.lmo_score)[:, : len(vertices.names)]  # the anchor is never selected

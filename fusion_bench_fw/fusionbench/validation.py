@@ -19,7 +19,14 @@ from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_verte
 from fusion_bench_fw.core.stores import StoreError, VertexStore, checkpoint_header
 from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
-from .pool_store import build_vertex_store, check_finite, full_weights, local_safetensors_file, spilled_path
+from .pool_store import (
+    build_vertex_store,
+    check_finite,
+    full_weights,
+    local_safetensors_file,
+    lora_base_header,
+    spilled_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +75,12 @@ def check_target_samples(modelpool, targets: Sequence[str], n_per_task: int, all
             check_sample_count(task, len(dataset), n_per_task, allow_fewer)
 
 
-def _safetensors_header(name: str, path: str) -> Header:
-    _, header = checkpoint_header(name, path)
+def _as_header(header: dict[str, dict]) -> Header:
     return {k: (tuple(info["shape"]), info["dtype"]) for k, info in header.items()}
+
+
+def _safetensors_header(name: str, path: str) -> Header:
+    return _as_header(checkpoint_header(name, path)[1])
 
 
 def load_model_checked(modelpool, name: str) -> torch.nn.Module:
@@ -90,6 +100,9 @@ def _loaded_header(modelpool, name: str) -> Header:
 def candidate_header(modelpool, name: str, cache_dir: str | None) -> Header:
     """Tensor names, shapes and dtypes of a candidate: from the safetensors header when the
     pool entry is a local file (or was spilled before), else by loading the model once."""
+    lora_header = lora_base_header(modelpool, name)  # W0 + s B A has its base model's tensors
+    if lora_header is not None:
+        return _as_header(lora_header)
     path = local_safetensors_file(modelpool, name)
     reusable = isinstance(getattr(modelpool, "_models", {}).get(name), str)  # "session" spills may be stale
     if path is None and cache_dir is not None and reusable:
@@ -209,7 +222,8 @@ def validate_pool(
         solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained))
     )
 
-    candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir)
+    conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
+    candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir, conv1d_modules=conv1d)
     pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
     distances = check_finite(candidate_store, kept, reference=pretrained_params)
     warn_on_far_models(distances, pretrained)
