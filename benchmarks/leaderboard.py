@@ -106,7 +106,12 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "iso_cts": ["method=isotropic_merging/iso_cts"],
         "wudi": ["method=wudi/wudi"],
         "regmean": ["method=regmean/clip_regmean", "method.dataloader_kwargs.num_workers=0"],
-        "regmean_plusplus": ["method=regmean_plusplus/clip_regmean_plusplus", "method.dataloader_kwargs.num_workers=0"],
+        # FusionBench 0.2.33's class cannot be constructed (see fusion_bench_fw.fusionbench.upstream_fixes)
+        "regmean_plusplus": [
+            "method=regmean_plusplus/clip_regmean_plusplus",
+            "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanPlusPlusForCLIP",
+            "method.dataloader_kwargs.num_workers=0",
+        ],
         "adamerging_task_wise": ["method=adamerging/clip", "method.name=clip_task_wise_adamerging", *ada_common],
         "adamerging_layer_wise": ["method=adamerging/clip", "method.name=clip_layer_wise_adamerging", *ada_common],
         "surgery": [
