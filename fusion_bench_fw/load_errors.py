@@ -87,11 +87,10 @@ def builder_hint(path: str, rebuild: bool = False) -> str | None:
     path = os.path.abspath(os.path.expanduser(path))
     root = minibench.default_root()
     if _under(path, root):
-        # the small build (scope ta8) holds the pretrained model and the 8 task models and data sets
+        # the smallest build scope that holds the model or data set (the scopes nest)
         parts = os.path.relpath(path, os.path.abspath(os.path.expanduser(root))).split(os.sep)
-        small = len(parts) > 1 and parts[0] in ("models", "data") and parts[1] in (PRETRAINED, *minibench.TASKS)
-        command = f"python -m fusion_bench_fw.offline.minibench build --scope {'ta8' if small else 'all'}"
-        return command + (" --force" if rebuild else "")
+        name = parts[1] if len(parts) > 1 and parts[0] in ("models", "data") else "?"
+        return minibench.build_command([name]) + (" --force" if rebuild else "")
     for module, force in ((tiny_clip, "--force"), (tiny_lm, None)):
         root = os.environ.get(module.ENV_VAR)
         if root and _under(path, root):
