@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from dataclasses import fields
 from typing import Any
 
 import torch
@@ -20,9 +19,11 @@ from fusion_bench.mixins import CLIPClassificationMixin
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from torch import nn
 
+from fusion_bench_fw.core.config import FrankWolfeConfig
 from fusion_bench_fw.core.history import IterationRecord, RunHistory
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
+from fusion_bench_fw.core.solver import frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore
+from fusion_bench_fw.core.vertices import plan_vertices
 
 from .distributed import fabric_communicator
 from .lm_objectives import build_objective
@@ -35,7 +36,6 @@ PRETRAINED = "_pretrained_"
 INIT_FILE = "__init_file__"
 INITS = ("pretrained", "task_arithmetic", "file")
 AUTOCAST = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
-_SOLVER_KEYS = {f.name for f in fields(FrankWolfeConfig)}
 
 
 def _plain(value):
@@ -49,7 +49,6 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
 
     variant: str = "hard"
     default_init: str = "pretrained"
-    defaults: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -73,13 +72,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         progress: bool = True,
         **solver_kwargs,
     ):
-        unknown = set(solver_kwargs) - _SOLVER_KEYS
-        if unknown:
-            raise ValueError(f"unknown FW option(s) {sorted(unknown)}; known solver options: {sorted(_SOLVER_KEYS)}")
         solver_kwargs = {k: _plain(v) for k, v in solver_kwargs.items()}
-        solver_kwargs.pop("variant", None)
-        self.solver_config = FrankWolfeConfig(variant=self.variant, **{**self.defaults, **solver_kwargs})
-        self.solver_config.validate()
+        self.solver_config = FrankWolfeConfig.build(self.variant, **solver_kwargs)
         init = init or self.default_init
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}; use one of {INITS}")
@@ -199,9 +193,9 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
             n_per_task=self.n_per_task,
             allow_fewer_samples=self.allow_fewer_samples,
             on_incompatible=self.on_incompatible,
-            solver_config=self.solver_config,
-            init_coefficients=lambda kept: self._init_coefficients(kept, targets),
-            pretrained=PRETRAINED,
+            plan=lambda kept: plan_vertices(
+                kept, self._init_coefficients(kept, targets), self.solver_config, len(targets), PRETRAINED
+            ),
             store=self.store,
             cache_dir=self.cache_dir or os.path.join(out_dir, "vertex_cache"),
         )
@@ -238,10 +232,8 @@ class _FrankWolfeMerging(CLIPClassificationMixin, BaseAlgorithm):
         result = frank_wolfe(
             objective,
             store,
-            candidates,
-            self._init_coefficients(candidates, targets),
+            checked.plan,
             self.solver_config,
-            pretrained=PRETRAINED,
             device=device,
             on_iteration=save,
             progress=self.progress and self.fabric.is_global_zero,
@@ -270,11 +262,9 @@ class FWHard(_FrankWolfeMerging):
 
     variant = "hard"
     default_init = "task_arithmetic"
-    defaults = {"granularity": "layer", "include_init_vertex": True}
 
 
 class FWSoft(_FrankWolfeMerging):
     """FW-soft: optimise the step weights of the top-k LMO vertices on the simplex."""
 
     variant = "soft"
-    defaults = {"granularity": "task", "include_init_vertex": False}

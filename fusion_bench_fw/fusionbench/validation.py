@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
 from fusion_bench_fw.core.stores import StoreError, VertexStore, checkpoint_header
+from fusion_bench_fw.core.vertices import VertexPlan
 
 from .pool_store import build_vertex_store, check_finite, full_weights, local_safetensors_file, spilled_path
 
@@ -37,6 +37,7 @@ class IncompatibleModelError(StoreError):
 class CheckedPool:
     candidates: list[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
     store: VertexStore  # their streaming store, names, shapes and finiteness checked
+    plan: VertexPlan  # the run's vertices over the kept candidates
     dropped: dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
     distances: dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
 
@@ -171,9 +172,8 @@ def validate_pool(
     n_per_task: int,
     allow_fewer_samples: bool,
     on_incompatible: str,
-    solver_config: FrankWolfeConfig,
-    init_coefficients: Callable[[list[str]], Mapping[str, float]],
-    pretrained: str,
+    plan: Callable[[list[str]], VertexPlan],
+    pretrained: str = "_pretrained_",
     store: str,
     cache_dir: str | None,
 ) -> CheckedPool:
@@ -207,12 +207,10 @@ def validate_pool(
             "fix the pool so that its models share the pretrained model's architecture"
         )
     warn_on_dtypes(headers, shapes)
-    effective_k(
-        solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained))
-    )
+    vertex_plan = plan(kept)
 
     candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir)
     pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
     distances = check_finite(candidate_store, kept, reference=pretrained_params)
     warn_on_far_models(distances, pretrained)
-    return CheckedPool(kept, candidate_store, dropped, distances)
+    return CheckedPool(kept, candidate_store, vertex_plan, dropped, distances)

@@ -82,7 +82,13 @@ TOY_CASES = {
         init="ta",
     ),
     "soft_layer_box_ta_init": dict(
-        variant="soft", granularity="layer", soft_constraint="box", k=3, inner_steps=5, init="ta"
+        variant="soft",
+        granularity="layer",
+        soft_constraint="box",
+        k=3,
+        inner_steps=5,
+        init="ta",
+        include_init_vertex=True,  # the default of the core's soft config before the redesign
     ),
 }
 CLIP_FAST = ["method.max_iters=3", "method.n_per_task=16", "method.batch_size=16", "method.progress=false"]
@@ -100,11 +106,11 @@ PRESETS = ["fw_hard", "fw_soft", "fw_hard_fbref", "fw_soft_fbref"]
 # ------------------------------------------------------------------ the code under test
 def run_toy(options: dict):
     """One toy run through the core solver; returns (merged tensors, history)."""
-    from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
-    from fusion_bench_fw.core.stores import InMemoryVertexStore
+    from fusion_bench_fw.core import FrankWolfeConfig, InMemoryVertexStore, frank_wolfe, plan_vertices
 
     options = dict(options)
     init_kind = options.pop("init", "pretrained")
+    variant = options.pop("variant")
     models = random_pool(4, TOY_SHAPES, seed=3)
     names = [n for n in models if n != "_pretrained_"]
     target = {
@@ -114,11 +120,10 @@ def run_toy(options: dict):
     init = {"_pretrained_": 1.0}
     if init_kind == "ta":
         init = {"_pretrained_": 1.0 - 0.2 * len(names), **{n: 0.2 for n in names}}
-    config = FrankWolfeConfig(max_iters=5, **options)
+    config = FrankWolfeConfig.build(variant, max_iters=5, **options)
+    plan = plan_vertices(names, init, config, len(objective.task_names), "_pretrained_")
     torch.manual_seed(0)
-    result = frank_wolfe(
-        objective, InMemoryVertexStore(models), names, init, config, pretrained="_pretrained_", progress=False, seed=0
-    )
+    result = frank_wolfe(objective, InMemoryVertexStore(models), plan, config, progress=False, seed=0)
     return result.params, result.history.to_dict()
 
 
