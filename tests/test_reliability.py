@@ -356,7 +356,7 @@ def test_noisy_tiny_clip_model_does_not_break_the_merge(pool, tmp_path, noisy_co
 
 
 def test_far_models_are_flagged_by_distance_only():
-    from fusion_bench_fw.fusionbench.validation import warn_on_far_models
+    from fusion_bench_fw.fusionbench.pool_store import warn_on_far_models
 
     assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 6.1}) == ["d"]
     assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 4.9}) == []

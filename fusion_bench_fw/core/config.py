@@ -135,11 +135,10 @@ class HardConfig(FrankWolfeConfig):
 @dataclass(frozen=True)
 class SoftConfig(FrankWolfeConfig):
     """FW-soft: take the top-k LMO vertices and optimise their step weights lambda on the same
-    objective by projected gradient, theta += sum_j lambda_j (s_j - theta).
+    objective by projected gradient, theta += sum_j lambda_j (s_j - theta). Its defaults select
+    task-wise, without the init vertex (the paper's FW-soft).
 
     Args:
-        granularity: as for every variant; FW-soft selects task-wise by default.
-        include_init_vertex: as for every variant; off by default for FW-soft.
         k: how many vertices are selected; null: the number of target tasks.
         soft_select: ``topk`` (the k best by the total gradient) or ``per_task`` (each task's
             gradient picks its best vertex not yet picked: FusionBench's in-tree rule).

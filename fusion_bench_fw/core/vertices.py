@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .config import FrankWolfeConfig, check_choice
+from .config import FrankWolfeConfig
 from .stores import VertexStore
 
 INIT_VERTEX = "__init__"  # the starting point as a vertex (a combination, not a stored checkpoint)
@@ -40,11 +40,12 @@ def start_coefficients(
     """theta_0 over the stored checkpoints: the pretrained model, an explicit file, or task
     arithmetic ``pretrained + scaling * sum_i (m_i - pretrained)`` over ``members`` (``all``
     candidates, the ``targets`` among them, or a list of names)."""
-    check_choice("init", init, INITS)
     if init == "pretrained":
         return {pretrained: 1.0}
     if init == "file":
         return {init_file: 1.0}
+    if init != "task_arithmetic":
+        raise ValueError(f"unknown init {init!r}; use one of {INITS}")
     if members == "all":
         chosen = list(candidates)
     elif members == "targets":

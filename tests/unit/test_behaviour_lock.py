@@ -162,15 +162,7 @@ def python_defaults(cls) -> dict:
     from dataclasses import asdict
 
     algorithm = cls()
-    solver = asdict(algorithm.solver_config)
-    adapter = {
-        k: getattr(algorithm, k)
-        for k in (
-            "targets n_per_task batch_size seed init init_scaling init_models init_path task_weighting "
-            "allow_fewer_samples on_incompatible store cache_dir autocast history_path checkpoint_path resume progress"
-        ).split()
-    }
-    return {**adapter, **solver}
+    return {**asdict(algorithm.options), **asdict(algorithm.solver_config)}
 
 
 # ------------------------------------------------------------------ digests and comparison
