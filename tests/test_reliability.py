@@ -28,16 +28,7 @@ class HeavyWorkStarted(AssertionError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_private_cache(monkeypatch, tmp_path):
-    import fusion_bench.utils.cache_utils as cache_utils
-
-    monkeypatch.setattr(cache_utils, "DEFAULT_CACHE_DIR", tmp_path / "joblib_cache")
-    monkeypatch.chdir(tmp_path)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 
 
 @pytest.fixture

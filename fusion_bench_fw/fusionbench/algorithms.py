@@ -23,13 +23,13 @@ from torch import nn
 from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeResult, frank_wolfe
-from fusion_bench_fw.core.vertices import plan_vertices, start_coefficients
+from fusion_bench_fw.core.vertices import plan_vertices
 
 from .distributed import fabric_communicator
 from .objectives import build_objective, pool_kind
 from .objectives.sampling import Sampling, load_train_sets
 from .options import AUTOCAST_DTYPES, args_docstring, split_options
-from .pool_store import INIT_FILE, build_store
+from .pool_store import build_store
 from .validation import check_pool, check_targets, load_model_checked
 
 log = logging.getLogger(__name__)
@@ -61,18 +61,8 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         shapes = {n: tuple(p.shape) for n, p in template.named_parameters() if p.is_floating_point()}
         train_sets = load_train_sets(modelpool, targets)
         pool = check_pool(modelpool, template, shapes, train_sets, opts, paths.cache_dir)
-        start = start_coefficients(
-            opts.init,
-            pool.candidates,
-            targets,
-            pretrained=PRETRAINED,
-            init_file=INIT_FILE,
-            scaling=opts.init_scaling,
-            members=opts.init_models,
-        )
-        plan = plan_vertices(pool.candidates, start, config, len(targets), PRETRAINED)
-        init_path = opts.init_path if opts.init == "file" else None
-        store = build_store(modelpool, plan.candidates, template, shapes, opts.store, paths.cache_dir, init_path)
+        plan = plan_vertices(pool.candidates, opts.start(pool.candidates, targets), config, len(targets), PRETRAINED)
+        store = build_store(modelpool, plan.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file)
         template = template.to(self.fabric.device).eval()
         sampling = Sampling(opts.n_per_task, opts.batch_size, opts.seed)
         objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq

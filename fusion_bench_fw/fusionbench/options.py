@@ -24,13 +24,15 @@ from typing import Any, get_type_hints
 
 import torch
 
+from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.config import CONFIGS, FrankWolfeConfig, check_choice, check_positive_int
-from fusion_bench_fw.core.vertices import INIT_MODELS, INITS
+from fusion_bench_fw.core.vertices import INIT_MODELS, INITS, start_coefficients
 
 ON_INCOMPATIBLE = ("error", "skip")
 STORE_MODES = ("auto", "safetensors", "memory")
 AUTOCAST_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGETS = {"hard": "fusion_bench_fw.FWHard", "soft": "fusion_bench_fw.FWSoft"}  # the classes, by import path
+INIT_FILE = "__init_file__"  # the store's name for the start point of init=file
 
 
 def plain(value: Any) -> Any:
@@ -103,6 +105,23 @@ class RunOptions:
         check_choice("store", self.store, STORE_MODES)
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {self.autocast!r}; use null, bf16 or fp16")
+
+    def start(self, candidates, targets) -> dict[str, float]:
+        """theta_0 over the stored checkpoints (the pool's pretrained model, the candidates, INIT_FILE)."""
+        return start_coefficients(
+            self.init,
+            candidates,
+            targets,
+            pretrained=PRETRAINED,
+            init_file=INIT_FILE,
+            scaling=self.init_scaling,
+            members=self.init_models,
+        )
+
+    @property
+    def init_file(self) -> str | None:
+        """The start point's file, when the run starts from one (``init=file``)."""
+        return self.init_path if self.init == "file" else None
 
 
 @dataclass(frozen=True)

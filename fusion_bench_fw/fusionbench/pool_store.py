@@ -28,9 +28,9 @@ from fusion_bench_fw.core.stores import (
     spill_to_safetensors,
 )
 
-log = logging.getLogger(__name__)
+from .options import INIT_FILE
 
-INIT_FILE = "__init_file__"  # the store's name for the start point of init=file
+log = logging.getLogger(__name__)
 
 
 def pool_entry(modelpool, name: str) -> str | None:

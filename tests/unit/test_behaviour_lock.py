@@ -34,6 +34,8 @@ import pytest
 import torch
 from toy import QuadraticObjective, random_pool
 
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # one thread: sums in one order
+
 GOLDEN = Path(__file__).with_name("behaviour_lock.json")
 RECORD = os.environ.get("FW_RECORD_BEHAVIOUR_LOCK") == "1"
 UNTIMED = ("time_grad_s", "time_lmo_s", "time_update_s", "peak_host_rss_mb", "peak_device_mb")
@@ -262,18 +264,6 @@ def check_or_record(golden, section: str, name: str, value) -> None:
         assert_same(recorded["history"], value["history"], f"{section}/{name}.history")
     else:
         assert_same(recorded, value, f"{section}/{name}")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch, tmp_path):
-    import fusion_bench.utils.cache_utils as cache_utils
-
-    monkeypatch.setattr(cache_utils, "DEFAULT_CACHE_DIR", tmp_path / "joblib_cache")
-    monkeypatch.chdir(tmp_path)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ------------------------------------------------------------------ tests

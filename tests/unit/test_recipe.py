@@ -6,29 +6,22 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 TASKS = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes"]
 
 
 @pytest.fixture
-def modelpool(tiny_clip_root, monkeypatch, tmp_path):
-    import fusion_bench.utils.cache_utils as cache_utils
+def modelpool(tiny_clip_root, monkeypatch, one_thread_private_cache):
     from fusion_bench.utils import instantiate
     from hydra import compose, initialize_config_dir
 
     from fusion_bench_fw.offline.tiny_clip import ENV_VAR
     from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
 
-    monkeypatch.setattr(cache_utils, "DEFAULT_CACHE_DIR", tmp_path / "joblib_cache")
     monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
-    monkeypatch.chdir(tmp_path)
     with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
         cfg = compose("fabric_model_fusion", overrides=["modelpool=fw_tiny_clip", "taskpool=dummy"])
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield instantiate(cfg.modelpool)
-    torch.set_num_threads(old)
+    return instantiate(cfg.modelpool)
 
 
 def test_each_train_set_is_loaded_once_and_warned_about_once(modelpool, tmp_path, caplog, monkeypatch):

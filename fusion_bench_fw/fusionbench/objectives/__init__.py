@@ -4,9 +4,9 @@
 * :mod:`.lm`: sequence classification (per-task heads), causal LM and seq2seq pools;
 * :mod:`.sampling`: the fixed labelled samples every kind draws its batches from.
 
-Each builder takes what it needs (the pool, Fabric's device and ranks, the loaded train sets)
-and returns a :class:`~fusion_bench_fw.core.objective.BatchedObjective`, data-parallel over
-Fabric's ranks.
+Each kind gives its batches and its loss from what it needs (the pool, the loaded train sets,
+a heads provider for CLIP); :func:`build_objective` makes them a
+:class:`~fusion_bench_fw.core.objective.BatchedObjective`, data-parallel over Fabric's ranks.
 """
 
 from __future__ import annotations
@@ -66,16 +66,28 @@ def build_objective(
     autocast_dtype,
 ) -> BatchedObjective:
     """The objective of a pool of ``kind`` (:func:`pool_kind`) on ``train_sets``' tasks."""
-    common = dict(
-        device=fabric.device,
+    device = fabric.device
+    if kind == "clip":
+        from .clip import ZeroShotHeads, clip_batches_and_loss
+
+        batches, loss = clip_batches_and_loss(ZeroShotHeads(modelpool, fabric), train_sets, sampling)
+    else:
+        from .lm import lm_batches_and_loss
+
+        batches, loss = lm_batches_and_loss(kind, modelpool, template, train_sets, sampling, device)
+    return BatchedObjective(
+        module=template,
+        batches=batches,
+        batch_loss=loss,
         task_weighting=task_weighting,
+        to_device=lambda inputs: _to_device(inputs, device),
         autocast_dtype=autocast_dtype,
         communicator=fabric_communicator(fabric),
     )
-    if kind == "clip":
-        from .clip import ZeroShotHeads, build_clip_objective
 
-        return build_clip_objective(ZeroShotHeads(modelpool, fabric), template, train_sets, sampling, **common)
-    from .lm import build_lm_objective
 
-    return build_lm_objective(kind, modelpool, template, train_sets, sampling, **common)
+def _to_device(inputs, device):
+    """A batch's tensors on ``device``: a tuple (CLIP: images, labels) or a dict (token batches)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return tuple(x.to(device) for x in inputs)

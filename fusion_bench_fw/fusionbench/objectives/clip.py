@@ -13,8 +13,7 @@ import torch
 import torch.nn.functional as F
 from fusion_bench.mixins import CLIPClassificationMixin
 
-from fusion_bench_fw.core.distributed import Communicator
-from fusion_bench_fw.core.objective import Batch, BatchedObjective, functional_forward
+from fusion_bench_fw.core.objective import Batch, functional_forward
 
 from .sampling import Sampling, sample_batches
 
@@ -58,18 +57,10 @@ class CLIPZeroShotLoss:
         return F.cross_entropy(self.logits(module, params, images, task).float(), labels)
 
 
-def build_clip_objective(
-    heads: ZeroShotHeads,
-    template: torch.nn.Module,
-    train_sets: Mapping[str, object],
-    sampling: Sampling,
-    *,
-    device,
-    task_weighting: str,
-    autocast_dtype,
-    communicator: Communicator,
-) -> BatchedObjective:
-    """The objective on ``train_sets``' tasks, with ``heads`` set up for them."""
+def clip_batches_and_loss(
+    heads: ZeroShotHeads, train_sets: Mapping[str, object], sampling: Sampling
+) -> tuple[dict[str, list[Batch]], CLIPZeroShotLoss]:
+    """The batches and the loss of the objective on ``train_sets``' tasks (``heads`` set up for them)."""
     targets = list(train_sets)
     heads.setup_zero_shot_classification_head(task_names=targets)
     processor = heads.clip_processor
@@ -77,12 +68,4 @@ def build_clip_objective(
     loss = CLIPZeroShotLoss(
         {t: heads.zeroshot_weights[t] for t in targets}, heads.visual_projection, heads.logit_scale_exp
     )
-    return BatchedObjective(
-        module=template,
-        batches=batches,
-        batch_loss=loss,
-        task_weighting=task_weighting,
-        to_device=lambda inputs: tuple(x.to(device) for x in inputs),
-        autocast_dtype=autocast_dtype,
-        communicator=communicator,
-    )
+    return batches, loss

@@ -25,8 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_bench_fw.core.distributed import Communicator
-from fusion_bench_fw.core.objective import BatchedObjective, functional_forward
+from fusion_bench_fw.core.objective import Batch, functional_forward
 
 from .sampling import Sampling, sample_batches
 
@@ -181,19 +180,10 @@ def row_maker(kind: str, pad_id: int, load_tokenizer: Callable[[], Any]):
     return causal_row
 
 
-def build_lm_objective(
-    kind: str,
-    modelpool,
-    template: nn.Module,
-    train_sets: Mapping[str, Any],
-    sampling: Sampling,
-    *,
-    device,
-    task_weighting: str,
-    autocast_dtype,
-    communicator: Communicator,
-) -> BatchedObjective:
-    """The objective of a language-model pool ``kind`` on ``train_sets``' tasks."""
+def lm_batches_and_loss(
+    kind: str, modelpool, template: nn.Module, train_sets: Mapping[str, Any], sampling: Sampling, device
+) -> tuple[dict[str, list[Batch]], Callable]:
+    """The batches and the loss of the objective of a language-model pool ``kind`` on ``train_sets``' tasks."""
     pad_id = pad_id_of(template)
     if kind == "sequence_classification":
         classifiers = _classifiers(modelpool, template, list(train_sets), device)
@@ -206,12 +196,4 @@ def build_lm_objective(
     make_row = row_maker(kind, pad_id, lambda: modelpool.load_tokenizer())
     label_pad = None if kind == "sequence_classification" else IGNORE
     collate = lambda rows: collate_tokens(rows, pad_id, label_pad)  # noqa: E731
-    return BatchedObjective(
-        module=template,
-        batches={task: sample_batches(data, sampling, task, make_row, collate) for task, data in train_sets.items()},
-        batch_loss=loss,
-        task_weighting=task_weighting,
-        to_device=lambda inputs: {k: v.to(device) for k, v in inputs.items()},
-        autocast_dtype=autocast_dtype,
-        communicator=communicator,
-    )
+    return {task: sample_batches(data, sampling, task, make_row, collate) for task, data in train_sets.items()}, loss
