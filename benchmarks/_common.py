@@ -1,5 +1,6 @@
 """Shared helpers of the benchmark scripts: run the real ``fusion_bench`` CLI in a subprocess,
-offline, and read back its ``program_report.json``."""
+offline (with the runner the tests use, :mod:`fusion_bench_fw.offline.cli`), and read back
+its ``program_report.json``."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from fusion_bench_fw.offline import OFFLINE_ENV
+from fusion_bench_fw.offline import cli
+from fusion_bench_fw.offline.cli import cli_args, report_accuracies
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,17 +70,6 @@ CUDA_PATTERNS = (
 )
 
 
-def fusion_bench_executable() -> str:
-    bindir = Path(sys.executable).parent
-    exe = bindir / "fusion_bench"
-    if exe.exists():
-        return str(exe)
-    found = shutil.which("fusion_bench")
-    if not found:
-        raise SystemExit("the fusion_bench CLI is not installed next to this Python")
-    return found
-
-
 @dataclass
 class RunResult:
     label: str
@@ -114,60 +103,29 @@ def run_fusion_bench(
     verbose: bool = True,
     reuse: bool = False,
 ) -> RunResult:
-    """Run ``fusion_bench *args`` with outputs, logs and caches under ``out_dir``.
-
-    The working directory is ``out_dir`` (never the checkout: its ``./config`` would hide
-    FusionBench's own configs). A fresh cache directory per run keeps FusionBench's joblib
-    zero-shot-head cache (keyed on model paths) from serving heads of an older build.
-    """
+    """Run ``fusion_bench *args`` with outputs, logs and caches under ``out_dir``
+    (:func:`fusion_bench_fw.offline.cli.run_fusion_bench`, from ``out_dir``: never the
+    checkout, whose ``./config`` would hide FusionBench's own configs)."""
     out_dir = Path(out_dir).resolve()
-    cli = [str(a) for a in args] + [f"path.output_dir={out_dir / 'outputs'}", f"path.log_dir={out_dir / 'log'}"]
+    full_args = cli_args(args, out_dir)
     if reuse and (out_dir / "run.json").is_file():
         done = json.loads((out_dir / "run.json").read_text())
-        if done.get("args") == cli and done.get("rc") == 0:
-            result = _result(label, cli, out_dir, (out_dir / "cli_output.txt").read_text(), 0, done["seconds"])
+        if done.get("args") == full_args and done.get("rc") == 0:
+            result = _result(label, full_args, out_dir, (out_dir / "cli_output.txt").read_text(), 0, done["seconds"])
             if verbose:
                 print(f"  {label:<28} (reused {out_dir})", flush=True)
             return result
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
-    full_env = dict(os.environ)
-    full_env.update(OFFLINE_ENV)
-    full_env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-    full_env["FUSION_BENCH_CACHE_DIR"] = str(out_dir / "cache")
-    full_env.update(env or {})
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(
-            [fusion_bench_executable(), *cli],
-            cwd=out_dir,
-            env=full_env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
-        output, rc = (proc.stdout or "") + (proc.stderr or ""), proc.returncode
-    except subprocess.TimeoutExpired as e:
-        output, rc = f"{e}\nTimeoutError: no result after {timeout}s", -1
-    seconds = round(time.perf_counter() - t0, 1)
+    run = cli.run_fusion_bench(args, out_dir, env=env, threads=threads, timeout=timeout)
+    output, rc, seconds = run.output, (-1 if run.timed_out else run.returncode), round(run.seconds, 1)
     (out_dir / "cli_output.txt").write_text(output)
-    (out_dir / "run.json").write_text(json.dumps({"args": cli, "rc": rc, "seconds": seconds}))
-    result = _result(label, cli, out_dir, output, rc, seconds)
+    (out_dir / "run.json").write_text(json.dumps({"args": run.args, "rc": rc, "seconds": seconds}))
+    result = _result(label, run.args, out_dir, output, rc, seconds)
     if verbose:
         shown = f"avg {100 * result.average:.1f}" if result.average is not None else f"{result.status}: {result.error}"
         print(f"  {label:<28} {seconds:7.1f}s  {shown}", flush=True)
     return result
-
-
-def _accuracies(report) -> dict[str, float]:
-    """``{task: accuracy}`` of a report; a report that nests several evaluated models
-    (Surgery: ``{"adamerging": {...}, "surgery": {...}}``) gives its last one."""
-    acc = {k: float(v["accuracy"]) for k, v in report.items() if isinstance(v, dict) and "accuracy" in v}
-    if acc:
-        return acc
-    nested = [v for v in report.values() if isinstance(v, dict) and _accuracies(v)]
-    return _accuracies(nested[-1]) if nested else {}
 
 
 def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, seconds: float) -> RunResult:
@@ -178,7 +136,7 @@ def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, sec
         result.status = "needs CUDA" if cuda else "failed"
         result.error = _error_line(output) if rc != 0 else "no program_report.json"
     else:
-        acc = _accuracies(json.loads(reports[0].read_text()))
+        acc = report_accuracies(json.loads(reports[0].read_text()))
         result.average = acc.pop("average", None)
         result.accuracy = acc
         if not acc:

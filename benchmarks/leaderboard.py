@@ -42,12 +42,37 @@ from _common import (  # noqa: E402
 # steps instead of 100 (the inner loss flattens by then, and each step is a pass over all samples)
 FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, n_per_task=100)
 QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, n_per_task=32)
+
+
+def _mini_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    """``--pool`` name -> (model pool, task pool, evaluated tasks)."""
+    from fusion_bench_fw.offline.minibench import ALL_TASKS, TALL14, TARGETS, TASKS
+
+    return {
+        "mini_TA8": ("mini_TA8", "mini_TA8", TASKS),
+        "mini_TALL14": ("mini_TALL14", "mini_TALL14", TALL14),
+        "mini_TALL20": ("mini_TALL20", "mini_TALL20", ALL_TASKS),
+        # the 4 targets plus 16 irrelevant models (the scaling experiments' largest pool)
+        "mini_TA20": ("mini_TA20", "mini_TA20", TARGETS),
+        # the authors' ViT protocol: 20 real tasks' models, 4 of them the targets
+        "mini_TALL20_TA4": ("mini_TALL20", "mini_TA4", TARGETS),
+    }
+
+
+MINI_POOLS = _mini_pools()
+
 ALL_METHODS = (
     "pretrained",
     "individual",
     "simple_average",
     "task_arithmetic",
     "ties_merging",
+    "tsv_m",
+    "iso_c",
+    "iso_cts",
+    "wudi",
+    "regmean",
+    "regmean_plusplus",
     "adamerging_task_wise",
     "adamerging_layer_wise",
     "surgery",
@@ -63,15 +88,30 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         f"method.max_steps={s['ada_steps']}",
         "method.num_workers=0",
         "method.batch_size=16",
-        f"method.cache_dir={quote(run_dir)}",
+        # absolute: the CLI runs with the run folder as its working directory
+        f"method.cache_dir={quote(Path(run_dir).resolve())}",
         "method.save_merging_weights=merging_weights.pt",
     ]
     fw_common = [f"method.max_iters={s['fw_iters']}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    if s.get("fw_targets"):  # a pool whose evaluated tasks are a subset of its models' tasks
+        fw_common.append(f"method.targets=[{','.join(s['fw_targets'])}]")
     return {
         "pretrained": ["method=dummy"],
         "simple_average": ["method=simple_average"],
         "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
         "ties_merging": ["method=ties_merging", "method.scaling_factor=0.3", "method.threshold=20"],
+        # FusionBench 0.2.33's current strongest data-free and data-light baselines, at their defaults
+        "tsv_m": ["method=task_singular_vector/TaskSingularVectorMerging"],
+        "iso_c": ["method=isotropic_merging/iso_c"],
+        "iso_cts": ["method=isotropic_merging/iso_cts"],
+        "wudi": ["method=wudi/wudi"],
+        "regmean": ["method=regmean/clip_regmean", "method.dataloader_kwargs.num_workers=0"],
+        # FusionBench 0.2.33's class cannot be constructed (see fusion_bench_fw.fusionbench.upstream_fixes)
+        "regmean_plusplus": [
+            "method=regmean_plusplus/clip_regmean_plusplus",
+            "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanPlusPlusForCLIP",
+            "method.dataloader_kwargs.num_workers=0",
+        ],
         "adamerging_task_wise": ["method=adamerging/clip", "method.name=clip_task_wise_adamerging", *ada_common],
         "adamerging_layer_wise": ["method=adamerging/clip", "method.name=clip_layer_wise_adamerging", *ada_common],
         "surgery": [
@@ -239,7 +279,7 @@ def plot(result: dict, path: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
-    p.add_argument("--pool", default="mini_TA8", help="mini model pool (mini_TA8 or mini_TA20)")
+    p.add_argument("--pool", default="mini_TA8", choices=sorted(MINI_POOLS), help="mini benchmark setting")
     p.add_argument(
         "--hub",
         choices=sorted(HUB_TASKS),
@@ -263,15 +303,18 @@ def main(argv=None) -> int:
     else:
         from fusion_bench_fw.offline import minibench
 
+        modelpool, taskpool, tasks = MINI_POOLS[args.pool]
         params = minibench.BuildParams(
-            scope="ta8" if args.pool == "mini_TA8" else "all",
+            scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
             **(minibench.QUICK if args.quick else {}),
             threads=args.threads,
         )
         manifest = minibench.build(args.root, params)
         env[minibench.ENV_VAR] = manifest["root"]
-        pools = (args.pool, args.pool)
-        tasks = list(minibench.TASKS) if args.pool == "mini_TA8" else list(minibench.TARGETS)
+        pools = (modelpool, taskpool)
+        tasks = list(tasks)
+        if len(tasks) < len(minibench.pool_contents()[modelpool][2]):
+            settings["fw_targets"] = tasks
         device_args = ["fabric.accelerator=cpu"]
         print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
     drop = []

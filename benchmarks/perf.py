@@ -235,8 +235,23 @@ def run_child(spec: dict) -> dict:
     )
 
 
-def measure(spec: dict, workdir: Path) -> dict:
-    """Run ``spec`` in a fresh child; its ru_maxrss (via wait4) is that configuration's peak."""
+def add_child_arguments(parser: argparse.ArgumentParser) -> None:
+    """The hidden ``--child SPEC --child-out FILE`` options that :func:`measure` calls a script with."""
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", help=argparse.SUPPRESS)
+
+
+def serve_child(args, run) -> bool:
+    """In a child started by :func:`measure`: write ``run(spec)`` as JSON and return True."""
+    if not args.child:
+        return False
+    Path(args.child_out).write_text(json.dumps(run(json.loads(args.child))))
+    return True
+
+
+def measure(spec: dict, workdir: Path, script: str = __file__) -> dict:
+    """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
+    (via wait4) is that configuration's peak."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{spec['variant']}_{spec['n']}_{spec.get('repeat', 0)}"
     out, log = workdir / f"child_{tag}.json", workdir / f"child_{tag}.log"
@@ -248,7 +263,7 @@ def measure(spec: dict, workdir: Path) -> dict:
     )
     with open(log, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(spec), "--child-out", str(out)],
+            [sys.executable, script, "--child", json.dumps(spec), "--child-out", str(out)],
             stdout=f,
             stderr=subprocess.STDOUT,
             env=env,
@@ -263,37 +278,24 @@ def measure(spec: dict, workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------- CLI runs (AdaMerging vs FW)
-def run_cli(args: list[str], root: Path, run_dir: Path, threads: int) -> dict:
-    from _common import OFFLINE_ENV, fusion_bench_executable
+def run_cli(args: list[str], root: Path, run_dir: Path, threads: int, pool_args=("modelpool=fw_tiny_clip",)) -> dict:
+    """``fusion_bench *pool_args *args taskpool=dummy`` in a fresh process: wall seconds and its
+    ru_maxrss (``pool_args`` may start with ``-cd DIR`` to add a config folder)."""
+    from fusion_bench_fw.offline.cli import run_fusion_bench
 
     if run_dir.exists():
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
-    env = dict(
-        os.environ,
-        **OFFLINE_ENV,
-        OMP_NUM_THREADS=str(threads),
-        MKL_NUM_THREADS=str(threads),
-        FUSION_BENCH_FW_TINY_ROOT=str(root),
-        FUSION_BENCH_CACHE_DIR=str(run_dir / "cache"),
+    run = run_fusion_bench(
+        [*pool_args, *args, "taskpool=dummy"],
+        run_dir,
+        env={"FUSION_BENCH_FW_TINY_ROOT": str(root)},
+        threads=threads,
+        timeout=24 * 3600,
     )
-    cli = [
-        fusion_bench_executable(),
-        *args,
-        "modelpool=fw_tiny_clip",
-        "taskpool=dummy",
-        f"path.output_dir={run_dir / 'outputs'}",
-        f"path.log_dir={run_dir / 'log'}",
-    ]
-    t0 = time.perf_counter()
-    with open(run_dir / "cli_output.txt", "w") as f:
-        proc = subprocess.Popen(cli, cwd=run_dir, env=env, stdout=f, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if os.waitstatus_to_exitcode(status) != 0:
-        tail = (run_dir / "cli_output.txt").read_text()[-2000:]
-        raise RuntimeError(f"fusion_bench {' '.join(args)} failed:\n{tail}")
-    return dict(seconds=seconds, peak_rss_mb=usage.ru_maxrss / 1024, run_dir=str(run_dir))
+    (run_dir / "cli_output.txt").write_text(run.output)
+    if run.returncode != 0:
+        raise RuntimeError(f"fusion_bench {' '.join(args)} failed:\n{run.output[-2000:]}")
+    return dict(seconds=run.seconds, peak_rss_mb=run.peak_rss_mb, run_dir=str(run_dir))
 
 
 def end_to_end(root: Path, workdir: Path, s: dict, threads: int) -> dict:
@@ -519,11 +521,9 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("FUSION_BENCH_FW_PERF_ROOT", os.path.expanduser("~/.cache/fusion_bench_fw/perf_pool")),
     )
     p.add_argument("--out", default="outputs/perf")
-    p.add_argument("--child", help=argparse.SUPPRESS)
-    p.add_argument("--child-out", help=argparse.SUPPRESS)
+    add_child_arguments(p)
     a = p.parse_args(argv)
-    if a.child:
-        Path(a.child_out).write_text(json.dumps(run_child(json.loads(a.child))))
+    if serve_child(a, run_child):
         return 0
 
     t0 = time.perf_counter()

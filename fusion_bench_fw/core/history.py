@@ -28,6 +28,10 @@ class IterationRecord:
     time_update_s: float = 0.0
     peak_host_rss_mb: float = 0.0
     peak_device_mb: float | None = None
+    # the LMO's choice as indices into RunHistory.vertices: one row per selected vertex (hard: 1,
+    # soft: k), one column per block (task-wise: 1; layer-wise: one per tensor of `keys`), so
+    # that a layer-wise run's picks can be drawn per layer (`selected` only counts them)
+    chosen: list[list[int]] | None = None
 
 
 @dataclass

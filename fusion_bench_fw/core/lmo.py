@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
 from .distributed import Communicator
+from .lora_store import low_rank_dots
 
 LMO_SCORES = ("inner", "cosine")
 GRANULARITIES = ("task", "layer")
@@ -55,6 +56,10 @@ class ScoreTable:
     vertex_names: list[str]
     inner: Tensor
     cosine: Tensor | None = None
+    # what the pass read: whole vertex tensors ("full"), shared base tensors scored once for
+    # all factored vertices ("base"), vertex tensors scored from their factors ("low_rank")
+    # or equal to their base ("base_only", scored by the shared term alone)
+    reads: dict[str, int] = field(default_factory=dict)
 
     def scores(self, lmo_score: str) -> Tensor:
         if lmo_score == "inner":
@@ -122,6 +127,7 @@ def score_vertices(
     read_vertex: Callable[[str, str], Tensor],
     blocks: Blocks,
     cosine: bool = False,
+    read_parts: Callable[[str, str], object] | None = None,
 ) -> ScoreTable:
     """One streaming pass: for each tensor name, read that tensor of every vertex once.
 
@@ -131,6 +137,10 @@ def score_vertices(
     gradients; <g, v - theta> is formed in float32 chunks accumulated in float64 (see
     :func:`chunked_dots`), so it matches a float64 computation to float32 rounding of the
     difference, relative to ||g|| ||v - theta||.
+
+    ``read_parts(name, key)``, when given, may return a vertex tensor in factored form (a
+    :class:`~.lora_store.LowRank`, base + s B A): such vertices are scored by
+    :func:`_score_factored` without forming them, their shared base read once per tensor.
     """
     n_grad, n_vert = len(gradients), len(vertex_names)
     device = next(iter(iterate.values())).device
@@ -139,6 +149,7 @@ def score_vertices(
     cos = torch.zeros(n_grad, n_vert, blocks.count, dtype=torch.float64, device=device) if cosine else None
     largest = max(iterate[k].numel() for k in blocks.keys)
     scratch: dict[torch.dtype, Tensor] = {}
+    reads = dict.fromkeys(("full", "base", "low_rank", "base_only"), 0)
     with torch.no_grad(), _exact_float32_matmul():
         for key in blocks.keys:
             b = blocks.block_of[key]
@@ -150,7 +161,18 @@ def score_vertices(
             if cosine:
                 grad_norms = torch.stack([torch.linalg.vector_norm(g).to(torch.float64) for g in grads])
                 grad_dot_theta = chunked_dots(grads, torch.zeros_like(theta), theta, scratch[work], chunk)
+            factored = {}
+            if read_parts is not None:
+                factored = {i: p for i, n in enumerate(vertex_names) if (p := read_parts(n, key)) is not None}
+            if factored:
+                shared = (grad_norms, grad_dot_theta) if cosine else None
+                _score_factored(
+                    factored, grads, theta, iterate[key].shape, scratch[work], chunk, inner, cos, b, shared, reads
+                )
+            reads["full"] += n_vert - len(factored)
             for i, name in enumerate(vertex_names):
+                if i in factored:
+                    continue
                 vertex = read_vertex(name, key).reshape(-1).to(device=device)
                 scores = chunked_dots(grads, theta, vertex, scratch[work], chunk)
                 inner[:, i, b] += scores
@@ -161,7 +183,53 @@ def score_vertices(
                     safe = torch.where(denom > 0, denom, torch.ones_like(denom))
                     cos[:, i, b] += torch.where(denom > 0, (scores + grad_dot_theta) / safe, torch.zeros_like(denom))
                 del vertex
-    return ScoreTable(list(vertex_names), inner.cpu(), cos.cpu() if cos is not None else None)
+    return ScoreTable(list(vertex_names), inner.cpu(), cos.cpu() if cos is not None else None, reads)
+
+
+def _score_factored(factored, grads, theta, shape, scratch, chunk, inner, cos, b, shared, reads) -> None:
+    """Add the scores of vertices given as base + s B A (``factored``: index -> LowRank) to
+    ``inner``/``cos`` block ``b``.
+
+    <g, base + s B A - theta> = <g, base - theta> + s <B^T g, A>: the first term once per
+    distinct base (one read of it), the second from the factors (:func:`low_rank_dots`).
+    Cosine needs ||v||^2 = ||base||^2 + 2 s <base, B A> + ||s B A||^2, from the same reads.
+    """
+    work = theta.dtype
+    groups: dict[object, list[int]] = {}
+    for i, part in factored.items():
+        groups.setdefault(part.base_id, []).append(i)
+    mats = [g.view(shape) for g in grads] if len(shape) == 2 else []
+    for members in groups.values():
+        base = factored[members[0]].read_base().reshape(-1).to(device=theta.device)
+        reads["base"] += 1
+        base_scores = chunked_dots(grads, theta, base, scratch, chunk)
+        adapted = [i for i in members if factored[i].B is not None]
+        reads["low_rank"] += len(adapted)
+        reads["base_only"] += len(members) - len(adapted)
+        if adapted and not mats:
+            raise ValueError(f"a low-rank vertex on a tensor of shape {tuple(shape)}: only matrices can be factored")
+        deltas = low_rank_dots(mats, [factored[i] for i in adapted], work).to(inner) if adapted else None
+        for i in members:
+            inner[:, i, b] += base_scores
+        for j, i in enumerate(adapted):
+            inner[:, i, b] += deltas[:, j]
+        if cos is None:
+            continue
+        grad_norms, grad_dot_theta = shared
+        base_work = base.to(work)
+        base_sq = torch.dot(base_work, base_work).to(torch.float64)
+        cross = low_rank_dots([base_work.view(shape)], [factored[i] for i in adapted], work)[0] if adapted else None
+        for i in members:
+            norm_sq = base_sq
+            extra = torch.zeros((), dtype=torch.float64)
+            if factored[i].B is not None:
+                j = adapted.index(i)
+                norm_sq = base_sq + 2 * cross[j].to(base_sq) + factored[i].delta_norm_sq()
+                extra = deltas[:, j]
+            denom = grad_norms * torch.sqrt(torch.clamp(norm_sq, min=0.0))
+            safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+            value = base_scores + extra.to(base_scores) + grad_dot_theta
+            cos[:, i, b] += torch.where(denom > 0, value / safe, torch.zeros_like(denom))
 
 
 def select_hard(scores: Tensor) -> Tensor:
@@ -193,7 +261,14 @@ def select_per_task(scores: Tensor) -> Tensor:
 
 
 def score_vertices_sharded(
-    grads, theta, vertex_names: Sequence[str], read_vertex, blocks: Blocks, cosine: bool, comm: Communicator
+    grads,
+    theta,
+    vertex_names: Sequence[str],
+    read_vertex,
+    blocks: Blocks,
+    cosine: bool,
+    comm: Communicator,
+    read_parts=None,
 ) -> ScoreTable:
     """The LMO score pass with the candidates split round-robin over ranks.
 
@@ -203,12 +278,14 @@ def score_vertices_sharded(
     """
     names = list(vertex_names)
     if not comm.distributed:
-        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine)
+        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine, read_parts=read_parts)
     mine = [i for i in range(len(names)) if comm.owns(i)]
     inner = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
     cos = torch.zeros_like(inner) if cosine else None
     if mine:
-        part = score_vertices(grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine)
+        part = score_vertices(
+            grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine, read_parts=read_parts
+        )
         inner[:, mine] = part.inner.to(inner)
         if cosine:
             cos[:, mine] = part.cosine.to(cos)

@@ -150,7 +150,7 @@ class _Run:
         t1 = time.perf_counter()
         vertices, cosine = self.vertices, self.config.lmo_score == "cosine"
         table = score_vertices_sharded(
-            grads, self.theta, vertices.scored, vertices.read, self.blocks, cosine, self.comm
+            grads, self.theta, vertices.scored, vertices.read, self.blocks, cosine, self.comm, vertices.parts
         )
         t2 = time.perf_counter()
         scores = table.scores(self.config.lmo_score)[:, : len(vertices.names)]  # the anchor is never selected
@@ -185,6 +185,7 @@ class _Run:
                 self.objective, self.theta, self.vertices, self.blocks, chosen, self.config, self.alpha, record.loss
             )
         record.selected = _describe_selection(self.vertices.names, chosen, self.blocks)
+        record.chosen = chosen.tolist()
 
     def finish(self, record: IterationRecord, checkpoint_path: str | None, on_iteration: OnIteration | None) -> None:
         record.peak_host_rss_mb, record.peak_device_mb = _peak_rss_mb(), _peak_device_mb(self.device)

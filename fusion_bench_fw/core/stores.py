@@ -44,8 +44,28 @@ class VertexStore:
         """Materialise one whole checkpoint (tests, small pools, exports)."""
         return {k: self.tensor(name, k) for k in self.keys}
 
+    def parts(self, name: str, key: str):
+        """Tensor ``key`` of ``name`` in factored form (a :class:`~.lora_store.LowRank`), or None
+        when the store only has it whole. The LMO scores factored vertices without forming them."""
+        return None
+
+    def distance_sq(self, name: str, key: str, reference: Tensor | None = None) -> float:
+        """||tensor - reference||^2 in float64 (0 without a reference), after checking that the
+        tensor is finite: the pool's NaN/Inf check and distances in one read."""
+        t = self.tensor(name, key)
+        check_finite_tensor(name, key, t)
+        return 0.0 if reference is None else float(torch.sum((t.double() - reference.double()) ** 2))
+
     def __contains__(self, name: str) -> bool:
         return name in self.names
+
+
+def check_finite_tensor(name: str, key: str, t: Tensor) -> None:
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+        raise StoreError(
+            f"checkpoint {name!r}: tensor {key!r} contains NaN or Inf values; "
+            "remove this model from the pool or repair its weights"
+        )
 
 
 def _check_names(names: Sequence[str]) -> None:
@@ -133,10 +153,9 @@ def checkpoint_header(name: str, path: str) -> tuple[int, dict[str, dict]]:
     try:
         return read_safetensors_header(path)
     except Exception as exc:  # OSError, bad JSON, bad offsets
-        raise StoreError(
-            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({exc}); "
-            "the file is missing, truncated or corrupt: re-download or re-save it"
-        ) from exc
+        from fusion_bench_fw.load_errors import explain_load_failure
+
+        raise StoreError(explain_load_failure(name, path, exc, what=f"cannot read safetensors file {path!r}")) from exc
 
 
 class SafetensorsVertexStore(VertexStore):
@@ -258,6 +277,12 @@ class CompositeVertexStore(VertexStore):
 
     def tensor(self, name: str, key: str) -> Tensor:
         return self._owner[name].tensor(name, key)
+
+    def parts(self, name: str, key: str):
+        return self._owner[name].parts(name, key)
+
+    def distance_sq(self, name: str, key: str, reference: Tensor | None = None) -> float:
+        return self._owner[name].distance_sq(name, key, reference)
 
     def shape(self, key: str) -> Shape:
         return self._stores[0].shape(key)

@@ -158,5 +158,9 @@ class Vertices:
             return self._pseudo[name][key]
         return self.store.tensor(name, key)
 
+    def parts(self, name: str, key: str):
+        """The stored vertex's factored form (LoRA candidates), None for whole tensors."""
+        return None if name in self._pseudo else self.store.parts(name, key)
+
     def row(self, name: str) -> Tensor:
         return self._rows[name]

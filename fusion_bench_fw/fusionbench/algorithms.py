@@ -25,6 +25,7 @@ from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeResult, frank_wolfe
 from fusion_bench_fw.core.vertices import plan_vertices
 
+from . import observe
 from .distributed import fabric_communicator
 from .objectives import build_objective, pool_kind
 from .objectives.sampling import Sampling, load_train_sets
@@ -102,9 +103,10 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         )
 
     def on_iteration(self, record: IterationRecord, history: RunHistory, history_path: str) -> None:
-        """After every iteration (every rank): keep the history file current."""
+        """After every iteration (every rank): keep the history file current, log the scalars."""
         if self.fabric.is_global_zero:
             history.save(history_path)
+            observe.log_iteration(self.fabric, record)
 
     def save_history(self, history: RunHistory, history_path: str) -> None:
         """At the end of a run: the one place the final history is kept and written."""
@@ -112,6 +114,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         if self.fabric.is_global_zero:
             history.save(history_path)
             log.info("FW-%s history written to %s", self.variant, history_path)
+            observe.finish(self.fabric, history, history_path)  # its picture; flushes the loggers
 
     def _output_paths(self) -> OutputPaths:
         opts = self.options

@@ -63,8 +63,9 @@ class RunOptions:
         init_scaling: the task-arithmetic scale lambda of ``init=task_arithmetic``.
         init_models: the models in the task-arithmetic start: ``all``, ``targets`` or a list of names.
         init_path: for ``init=file``: a .safetensors file or torch state dict of the start point.
-        store: where candidates are read from: ``auto`` (memory-map local safetensors, spill the
-            others once to a safetensors cache), ``safetensors`` (the same) or ``memory``.
+        store: where candidates are read from: ``auto`` (memory-map local safetensors, keep LoRA
+            adapters as factors over their base model, spill the others once to a safetensors
+            cache), ``safetensors`` (the same with every candidate as full weights) or ``memory``.
         cache_dir: where non-safetensors checkpoints are spilled; null: ``<log_dir>/vertex_cache``.
         autocast: forward passes in ``bf16`` or ``fp16`` (GPU), or null (float32).
         history_path: the run's history (JSON); null: ``<log_dir>/fw_history.json``.

@@ -1,10 +1,13 @@
 """Turn a FusionBench model pool into the run's vertex store.
 
 Checkpoints that already sit on disk as one ``model.safetensors`` whose tensor names and
-shapes match the merged module are memory-mapped in place. Anything else (hub names
-resolved to sharded files, in-memory modules, other formats) is spilled once to a
-safetensors cache, one model in memory at a time. The pretrained model (and an explicit
-init file) are held in memory next to them: :func:`build_store`.
+shapes match the merged module are memory-mapped in place. LoRA entries (``peft_model_path``
+on a ``base_model_path``, as FusionBench's peft loaders take them) stay factors over their base
+model's safetensors (:mod:`fusion_bench_fw.core.lora_store`) with ``store=auto``. Anything else
+(hub names resolved to sharded files, in-memory modules, other formats, adapters the factored
+store cannot represent, every LoRA entry with ``store=safetensors``) is spilled once to a
+safetensors cache as full weights, one model in memory at a time. The pretrained model (and
+an explicit init file) are held in memory next to them: :func:`build_store`.
 """
 
 from __future__ import annotations
@@ -18,11 +21,17 @@ import torch
 from torch import Tensor
 
 from fusion_bench_fw import PRETRAINED
+from fusion_bench_fw.core.lora_store import (
+    LoraFormatError,
+    LoraVertexStore,
+    open_safetensors_model,
+    read_peft_adapter,
+    safetensors_model_files,
+)
 from fusion_bench_fw.core.stores import (
     CompositeVertexStore,
     InMemoryVertexStore,
     SafetensorsVertexStore,
-    StoreError,
     VertexStore,
     read_safetensors_header,
     spill_to_safetensors,
@@ -33,11 +42,17 @@ from .options import INIT_FILE
 log = logging.getLogger(__name__)
 
 
+def pool_config(modelpool, name: str):
+    """The pool's config for ``name`` (a path or hub name, or a loader's dict), through its public
+    API; None for pools holding in-memory modules (they have no files, and get_model_config warns)."""
+    if modelpool.has_instance_models:
+        return None
+    return modelpool.get_model_config(name, return_copy=False)
+
+
 def pool_entry(modelpool, name: str) -> str | None:
     """The pool's entry for ``name`` when it is a plain string (a local path or a hub name), else None."""
-    if modelpool.has_instance_models:  # in-memory modules have no path (and get_model_config warns about them)
-        return None
-    entry = modelpool.get_model_config(name, return_copy=False)
+    entry = pool_config(modelpool, name)
     return entry if isinstance(entry, str) else None
 
 
@@ -96,20 +111,86 @@ def check_finite(
 ) -> dict[str, float]:
     """Reject NaN/Inf weights before any heavy work (one streamed pass); with ``reference``
     (the pretrained tensors) also return each checkpoint's L2 distance to it."""
-    distances = {}
+    return {
+        name: sum(store.distance_sq(name, key, None if reference is None else reference[key]) for key in store.keys)
+        ** 0.5
+        for name in names
+    }
+
+
+def lora_entry(modelpool, name: str) -> tuple[str, str] | None:
+    """``(base_model_path, peft_model_path)`` of a pool entry that loads a peft adapter, else None."""
+    config = pool_config(modelpool, name)
+    if config is None or isinstance(config, str) or not hasattr(config, "get"):
+        return None
+    base, adapter = config.get("base_model_path"), config.get("peft_model_path")
+    return (str(base), str(adapter)) if base and adapter else None
+
+
+def _local_folder(path: str, patterns: Sequence[str]) -> str:
+    """A local folder (or file) as is; a hub name through the hub's local cache/download."""
+    if os.path.exists(path):
+        return path
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(path, allow_patterns=list(patterns))
+    except Exception as exc:
+        raise LoraFormatError(f"cannot resolve {path!r} to local files ({type(exc).__name__}: {exc})") from exc
+
+
+def _lora_paths(modelpool, name: str) -> tuple[str, str] | None:
+    entry = lora_entry(modelpool, name)
+    if entry is None:
+        return None
+    base = _local_folder(entry[0], ["*.safetensors", "*.json"])
+    return base, _local_folder(entry[1], ["adapter_config.json", "adapter_model.*"])
+
+
+def lora_base_header(modelpool, name: str) -> dict[str, dict] | None:
+    """The safetensors header (all shards) of a LoRA entry's base model, or None when the entry
+    is not a LoRA adapter over local safetensors: its candidate has the base's tensors."""
+    try:
+        paths = _lora_paths(modelpool, name)
+        files = safetensors_model_files(paths[0]) if paths else None
+    except LoraFormatError:
+        return None
+    if not files:
+        return None
+    header = {}
+    for path in files:
+        header.update(read_safetensors_header(path)[1])
+    return header
+
+
+def lora_stores(
+    modelpool, names: Sequence[str], shapes: Mapping[str, tuple], conv1d_modules=None
+) -> tuple[list[LoraVertexStore], list[str]]:
+    """The LoRA entries among ``names`` as factored stores (one per base model), and the names
+    left for the full-weight path (not LoRA, or an adapter the factored store cannot represent:
+    logged with the reason)."""
+    by_base: dict[str, dict] = {}
+    rest = []
     for name in names:
-        squared = 0.0
-        for key in store.keys:
-            t = store.tensor(name, key)
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                raise StoreError(
-                    f"checkpoint {name!r}: tensor {key!r} contains NaN or Inf values; "
-                    "remove this model from the pool or repair its weights"
-                )
-            if reference is not None:
-                squared += float(torch.sum((t.double() - reference[key].double()) ** 2))
-        distances[name] = squared**0.5
-    return distances
+        try:
+            paths = _lora_paths(modelpool, name)
+            if paths is not None:
+                by_base.setdefault(paths[0], {})[name] = read_peft_adapter(paths[1], shapes, conv1d_modules)
+                continue
+        except LoraFormatError as exc:
+            log.warning("LoRA candidate %s enters as full weights (merged and spilled): %s", name, exc)
+        rest.append(name)
+    stores = []
+    for base_path, adapters in by_base.items():
+        try:
+            base = open_safetensors_model(f"base:{base_path}", base_path, list(shapes), shapes)
+        except LoraFormatError as exc:
+            log.warning("LoRA candidates %s enter as full weights (merged and spilled): %s", list(adapters), exc)
+            rest.extend(adapters)
+            continue
+        stores.append(LoraVertexStore(base, base.names[0], adapters))
+        log.info("%d LoRA candidate(s) kept as factors over %s: %s", len(adapters), base_path, list(adapters))
+    return stores, [n for n in names if n in rest]
 
 
 def build_vertex_store(
@@ -118,13 +199,16 @@ def build_vertex_store(
     shapes: Mapping[str, tuple],
     mode: str = "auto",
     cache_dir: str | None = None,
+    conv1d_modules=None,
 ) -> VertexStore:
     """A store over ``names`` of ``modelpool`` holding the tensors ``shapes`` describes
-    (``mode``: ``memory``, or ``auto``/``safetensors`` for the safetensors store)."""
+    (``mode``: ``memory``, or ``auto``/``safetensors`` for the safetensors store;
+    ``conv1d_modules``: the merged model's modules with (in, out) weights, for LoRA)."""
     keys = list(shapes)
     if mode == "memory":
         return InMemoryVertexStore({n: _state_dict_of(modelpool, n, keys) for n in names}, keys)
 
+    factored, names = lora_stores(modelpool, names, shapes, conv1d_modules) if mode == "auto" else ([], names)
     direct: dict[str, str] = {}
     to_spill: list[str] = []
     for name in names:
@@ -141,7 +225,9 @@ def build_vertex_store(
             sub = os.path.dirname(spilled_path(modelpool, name, cache_dir))
             spilled = spill_to_safetensors([name], lambda n: _state_dict_of(modelpool, n, keys), keys, sub)
             direct[name] = spilled.paths[name]
-    return SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)
+    stores = [SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)] if names else []
+    stores += factored
+    return stores[0] if len(stores) == 1 else CompositeVertexStore(stores)
 
 
 FAR_FACTOR = 5.0
@@ -196,7 +282,8 @@ def build_store(
     """Every checkpoint a run reads: the pretrained model (``template``'s parameters) and the
     ``init_path`` start point in memory, the candidates streamed. One pass checks them for
     NaN/Inf and warns about candidates far from the pretrained model."""
-    candidate_store = build_vertex_store(modelpool, candidates, shapes, mode, cache_dir)
+    conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
+    candidate_store = build_vertex_store(modelpool, candidates, shapes, mode, cache_dir, conv1d_modules=conv1d)
     params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
     warn_on_far_models(check_finite(candidate_store, candidates, reference=params))
     resident = {PRETRAINED: {n: p.float() for n, p in params.items()}}

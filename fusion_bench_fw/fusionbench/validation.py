@@ -18,9 +18,10 @@ import torch
 
 from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.stores import StoreError, checkpoint_header
+from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
 from .options import RunOptions
-from .pool_store import full_weights, local_safetensors_file, pool_entry, spilled_path
+from .pool_store import full_weights, local_safetensors_file, lora_base_header, pool_entry, spilled_path
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +78,21 @@ def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) ->
         log.warning("task %s: using all %d samples (fewer than n_per_task=%d)", task, n, n_per_task)
 
 
-def _safetensors_header(name: str, path: str) -> Header:
-    _, header = checkpoint_header(name, path)
+def _as_header(header: dict[str, dict]) -> Header:
     return {k: (tuple(info["shape"]), info["dtype"]) for k, info in header.items()}
+
+
+def _safetensors_header(name: str, path: str) -> Header:
+    return _as_header(checkpoint_header(name, path)[1])
 
 
 def load_model_checked(modelpool, name: str) -> torch.nn.Module:
     """``modelpool.load_model(name)`` (``load_pretrained_model()`` for the pretrained one), with an
-    error naming the model when its files are bad."""
+    error naming the model, the cause (hub, missing path, bad file) and its fix."""
     try:
         return modelpool.load_pretrained_model() if name == PRETRAINED else modelpool.load_model(name)
     except Exception as exc:
-        raise StoreError(
-            f"checkpoint {name!r}: cannot load it ({type(exc).__name__}: {exc}); "
-            "the files are missing, truncated or corrupt: re-download or re-save them"
-        ) from exc
+        raise StoreError(explain_load_failure(name, model_source(modelpool, name), exc)) from exc
 
 
 def _loaded_header(modelpool, name: str) -> Header:
@@ -102,6 +103,9 @@ def _loaded_header(modelpool, name: str) -> Header:
 def candidate_header(modelpool, name: str, cache_dir: str | None) -> Header:
     """Tensor names, shapes and dtypes of a candidate: from the safetensors header when the
     pool entry is a local file (or was spilled before), else by loading the model once."""
+    lora_header = lora_base_header(modelpool, name)  # W0 + s B A has its base model's tensors
+    if lora_header is not None:
+        return _as_header(lora_header)
     path = local_safetensors_file(modelpool, name)
     reusable = pool_entry(modelpool, name) is not None  # "session" spills may be stale
     if path is None and cache_dir is not None and reusable:

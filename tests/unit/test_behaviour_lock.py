@@ -18,6 +18,10 @@ Comparison is exact (rtol 0) everywhere. The one allowed change: the solver opti
 variant never reads (e.g. ``step_scale`` for FW-soft) may disappear from the recorded config;
 every option still recorded must keep its value.
 
+The golden file was recorded by this test's first version on the code before the redesign:
+first on the branch point, then again on main at the merge (a005926), whose runs matched the
+first recording exactly but for the history's new ``chosen`` field.
+
 Re-record (only on purpose, on the code whose behaviour is the reference)::
 
     FW_RECORD_BEHAVIOUR_LOCK=1 python -m pytest tests/unit/test_behaviour_lock.py

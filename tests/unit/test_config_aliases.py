@@ -1,12 +1,12 @@
 """The clip-vit-{b32,b16,l14}_{TA8,TA14,TA20} aliases compose FusionBench's own CLIP pools.
 
 Nothing is instantiated, so nothing is downloaded: the configs only name hub repositories.
+(The same through the real CLI: tests/integration/test_config_aliases_cli.py.)
 """
 
 from __future__ import annotations
 
 import pytest
-import yaml
 
 ARCHS = {
     "b32": ("clip-vit-base-patch32", "openai/clip-vit-base-patch32"),
@@ -69,18 +69,3 @@ def test_alias_equals_fusion_bench_config(compose, arch, suite):
     assert tp.base_model == base
     resolved = OmegaConf.to_container(tp, resolve=True)
     assert resolved["clip_model"]["pretrained_model_name_or_path"] == base
-
-
-def test_cli_resolves_b32_ta20_without_downloading(run_fusion_bench, tmp_path):
-    run = run_fusion_bench(
-        ["--cfg", "job", "method=task_arithmetic", "modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA20"],
-        cwd=tmp_path,
-        tiny=False,
-    ).check()
-    cfg = yaml.safe_load(run.proc.stdout)
-    models = cfg["modelpool"]["models"]
-    assert models.pop("_pretrained_") == "openai/clip-vit-base-patch32"
-    assert models == {t: f"tanganke/clip-vit-base-patch32_{t}" for t in TALL20}
-    assert list(cfg["taskpool"]["test_datasets"]) == TALL20
-    assert cfg["taskpool"]["base_model"] == "openai/clip-vit-base-patch32"
-    assert cfg["method"]["_target_"] == "fusion_bench.method.TaskArithmeticAlgorithm"

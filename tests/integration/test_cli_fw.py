@@ -3,17 +3,46 @@
 Both variants, task-wise and layer-wise, from the repository root (whose ./config would hide
 FusionBench's own configs without the search-path plugin's fallback) and from another folder.
 Each run must print per-task accuracies into ``program_report.json``, write the FW history
-next to it, and merge into something better than the pre-trained model.
+next to it with its picture, log its per-iteration scalars to TensorBoard, and merge into
+something better than the pre-trained model; the picture can be redrawn from the history.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import subprocess
+import sys
 
 import pytest
-from test_cli_tiny import TINY_TASKS
+
+from fusion_bench_fw.offline.tiny_clip import DEFAULT_TASKS
+
+TINY_TASKS = list(DEFAULT_TASKS)  # the default build's tasks, in its order
 
 FAST = ["method.max_iters=3", "method.n_per_task=32", "method.progress=false"]
+
+
+def tensorboard_scalars(log_dir) -> dict[str, list[int]]:
+    """``{tag: [steps]}`` of the TensorBoard event files the run's Fabric logger wrote."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps: dict[str, list[int]] = {}
+    for path in glob.glob(f"{log_dir}/**/events.out.tfevents.*", recursive=True):
+        events = EventAccumulator(path)
+        events.Reload()
+        for tag in events.Tags()["scalars"]:
+            steps.setdefault(tag, []).extend(e.step for e in events.Scalars(tag))
+    return steps
+
+
+def assert_png(path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.verify()
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.width > 400, path
 
 
 @pytest.mark.parametrize(
@@ -58,3 +87,34 @@ def test_fw_end_to_end(run_fusion_bench, repo_root, tmp_path, tiny_clip_manifest
     if history["coefficients"] is not None:  # theta = sum_i alpha_i basis_i with alpha on the simplex
         for column in zip(*history["coefficients"]):
             assert sum(column) == pytest.approx(1.0, abs=1e-6)
+    for it in history["iterations"]:  # the per-tensor choices behind the picture's selection map
+        assert len(it["chosen"][0]) == (len(history["keys"]) if granularity == "layer" else 1)
+        assert {history["vertices"][i] for row in it["chosen"] for i in row} == set(it["selected"])
+
+    # the picture next to the history, and the same picture redrawn from the history alone
+    assert_png(run.log_dir / "fw_history.png")
+    redrawn = tmp_path / "redrawn.png"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fusion_bench_fw.plot_history",
+            str(run.log_dir / "fw_history.json"),
+            "-o",
+            str(redrawn),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert_png(redrawn)
+
+    # per-iteration scalars reached Fabric's TensorBoard logger, one point per iteration
+    scalars = tensorboard_scalars(run.log_dir)
+    expected = {"fw/loss", "fw/gap", "fw/grad_norm", *(f"fw/task_loss/{t}" for t in TINY_TASKS)}
+    if method == "fw_hard":
+        expected.add("fw/step_size")
+    assert expected <= set(scalars), sorted(scalars)
+    for tag in expected:
+        assert sorted(scalars[tag]) == [0, 1, 2], (tag, scalars[tag])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
-TINY_TASKS = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes"]
+from fusion_bench_fw.offline.tiny_clip import DEFAULT_TASKS
+
+TINY_TASKS = list(DEFAULT_TASKS)  # the default build's tasks, in its order
 
 
 @pytest.mark.parametrize("where", ["repo_root", "elsewhere"])
@@ -16,7 +18,7 @@ def test_cfg_job_from_repo_root_and_elsewhere(run_fusion_bench, repo_root, tmp_p
     run = run_fusion_bench(
         ["--cfg", "job", "method=task_arithmetic", "modelpool=fw_tiny_clip", "taskpool=fw_tiny_clip"], cwd=cwd
     ).check()
-    cfg = yaml.safe_load(run.proc.stdout)
+    cfg = yaml.safe_load(run.stdout)
     assert cfg["_target_"] == "fusion_bench.programs.FabricModelFusionProgram"
     assert cfg["modelpool"]["_target_"] == "fusion_bench_fw.CLIPVisionModelPoolWithTasks"
     assert list(cfg["modelpool"]["models"]) == ["_pretrained_"] + TINY_TASKS

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
 import torch
-from conftest import OFFLINE_ENV, fusion_bench_executable
+
+from fusion_bench_fw.offline.cli import CLIRun, cli_args, cli_env, fusion_bench_executable, run_fusion_bench
 
 MAX_ITERS = 4
 # FW-soft: each iteration costs inner_steps gradient evaluations (about a second here), so the
@@ -35,24 +35,17 @@ ARGS = [
 def _env(tiny_clip_root, out: Path) -> dict:
     from fusion_bench_fw.offline.tiny_clip import ENV_VAR
 
-    return {**os.environ, **OFFLINE_ENV, ENV_VAR: str(tiny_clip_root), "FUSION_BENCH_CACHE_DIR": str(out / "cache")}
+    return cli_env(out, env={ENV_VAR: str(tiny_clip_root)})
 
 
-def _command(out: Path, *extra: str) -> list:
-    return [
-        fusion_bench_executable(),
-        *ARGS,
-        f"path.output_dir={out / 'outputs'}",
-        f"path.log_dir={out / 'log'}",
-        f"merged_model_save_path={out / 'merged'}",
-        *extra,
-    ]
+def _args(out: Path, *extra: str) -> list:
+    return [*ARGS, f"merged_model_save_path={out / 'merged'}", *extra]
 
 
-def _run(tiny_clip_root, out: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        _command(out, *extra), cwd=out, env=_env(tiny_clip_root, out), capture_output=True, text=True, timeout=600
-    )
+def _run(tiny_clip_root, out: Path, *extra: str) -> CLIRun:
+    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
+
+    return run_fusion_bench(_args(out, *extra), out, env={ENV_VAR: str(tiny_clip_root)})
 
 
 def _iterations_done(checkpoint: Path) -> int:
@@ -84,25 +77,20 @@ def _hashes(root: Path) -> dict:
     }
 
 
-def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
-    return proc
-
-
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_merge(tiny_clip_root, tmp_path):
     pool_before = _hashes(tiny_clip_root)
     full, killed = tmp_path / "full", tmp_path / "killed"
     full.mkdir()
     killed.mkdir()
     t0 = time.perf_counter()
-    _ok(_run(tiny_clip_root, full))
+    _run(tiny_clip_root, full).check()
     t_full = time.perf_counter() - t0
 
     # the same run, SIGKILLed once its checkpoint holds a finished iteration
     checkpoint = killed / "log" / "fw_checkpoint.safetensors"
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        _command(killed),
+        [fusion_bench_executable(), *cli_args(_args(killed), killed)],
         cwd=killed,
         env=_env(tiny_clip_root, killed),
         stdout=subprocess.DEVNULL,
@@ -126,7 +114,7 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_merge(tiny_clip_roo
 
     # restart with the same log dir and resume=true
     t0 = time.perf_counter()
-    _ok(_run(tiny_clip_root, killed, "method.resume=true"))
+    _run(tiny_clip_root, killed, "method.resume=true").check()
     t_resumed = time.perf_counter() - t0
     # it continued from the checkpoint: the first iterations, timings included, are the killed run's
     assert json.loads((killed / "log" / "fw_history.json").read_text())["iterations"][:done] == saved
@@ -159,9 +147,9 @@ def test_failed_run_reports_the_bad_model_and_leaves_no_merged_model(tiny_clip_r
     shutil.copytree(tiny_clip_root / "models" / "tiny_stripes", broken)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 2])
-    proc = _run(tiny_clip_root, tmp_path, f"modelpool.models.tiny_stripes={broken}")
-    output = " ".join((proc.stdout + proc.stderr).replace("│", " ").split())  # rich wraps long lines
-    assert proc.returncode != 0
+    run = _run(tiny_clip_root, tmp_path, f"modelpool.models.tiny_stripes={broken}")
+    output = " ".join(run.output.replace("│", " ").split())  # rich wraps long lines
+    assert run.returncode != 0
     assert "checkpoint 'tiny_stripes': cannot read safetensors file" in output
     assert "truncated or corrupt: re-download or re-save it" in output
     assert not (tmp_path / "merged").exists()

@@ -66,7 +66,7 @@ def candidate_dir(tmp_path_factory):
 
 
 def _run(directory, n, granularity):
-    tests = os.path.dirname(os.path.abspath(__file__))
+    tests = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # tests/, where toy.py lives
     # a fixed malloc mmap threshold returns every freed tensor to the system at once, so
     # RSS measures live data, not what glibc's heap happens to retain
     env = dict(
