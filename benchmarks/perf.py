@@ -142,8 +142,8 @@ def run_child(spec: dict) -> dict:
     import torch.nn.functional as F
     from transformers import CLIPVisionModel
 
+    from fusion_bench_fw.core import FrankWolfeConfig, frank_wolfe, plan_vertices
     from fusion_bench_fw.core.objective import Batch, BatchedObjective, functional_forward
-    from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
     from fusion_bench_fw.core.stores import (
         CompositeVertexStore,
         InMemoryVertexStore,
@@ -200,12 +200,12 @@ def run_child(spec: dict) -> dict:
         template, batches, batch_loss, to_device=lambda x: tuple(t.to(device) for t in x), autocast_dtype=autocast
     )
     variant = spec["variant"]
-    config = FrankWolfeConfig(
-        variant=variant,
+    config = FrankWolfeConfig.build(
+        variant,
         granularity="layer" if variant == "hard" else "task",
         max_iters=spec["iters"],
         include_init_vertex=variant == "hard",
-        inner_steps=spec["inner_steps"],
+        **({"inner_steps": spec["inner_steps"]} if variant == "soft" else {}),
     )
     lam = 0.3
     init = {"_pretrained_": 1 - lam * len(names), **{n: lam for n in names}}
@@ -213,9 +213,8 @@ def run_child(spec: dict) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
-    result = frank_wolfe(
-        objective, store, names, init, config, pretrained="_pretrained_", device=device, progress=False, seed=0
-    )
+    plan = plan_vertices(names, init, config, len(objective.task_names))
+    result = frank_wolfe(objective, store, plan, config, device=device, progress=False, seed=0)
     total = time.perf_counter() - t0
     its = result.history.iterations
     vertex_bytes = sum(p.numel() * 4 for p in params.values()) * (len(result.history.vertices))

@@ -6,6 +6,9 @@ so that `import fusion_bench_fw` stays cheap and the core is usable without Fusi
 
 __version__ = "0.1.0"
 
+# The name FusionBench's model pools give the pretrained model (``models._pretrained_``).
+PRETRAINED = "_pretrained_"
+
 _LAZY = {
     "FWHard": "fusion_bench_fw.fusionbench.algorithms",
     "FWSoft": "fusion_bench_fw.fusionbench.algorithms",

@@ -37,7 +37,6 @@ _NETWORK_ERRORS = {
 # A hub id: "name" or "namespace/name" (letters, digits, '-', '_', '.').
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _TRUTHY = {"1", "true", "yes", "on"}
-PRETRAINED = "_pretrained_"
 
 
 def _chain(exc: BaseException):

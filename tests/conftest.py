@@ -87,3 +87,18 @@ def tiny_lm_root(tmp_path_factory) -> Path:
 
     torch.set_num_threads(1)
     return Path(build_tiny_lm_pools(str(tmp_path_factory.mktemp("tiny_lm")))["root"])
+
+
+@pytest.fixture
+def one_thread_private_cache(monkeypatch, tmp_path):
+    """In-process runs: one torch thread (reproducible, and fair to shared cores), FusionBench's
+    joblib cache of zero-shot heads under ``tmp_path``, and ``tmp_path`` as the working folder."""
+    import fusion_bench.utils.cache_utils as cache_utils
+    import torch
+
+    monkeypatch.setattr(cache_utils, "DEFAULT_CACHE_DIR", tmp_path / "joblib_cache")
+    monkeypatch.chdir(tmp_path)
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

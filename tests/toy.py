@@ -46,3 +46,11 @@ def random_pool(n_models: int, shapes: dict[str, tuple], seed: int = 0, scale: f
 
 
 SHAPES = {"layer0.weight": (6, 5), "layer0.bias": (6,), "layer1.weight": (3, 6)}
+
+
+def solve(objective, store, candidates, start, config, pretrained="_pretrained_", **kwargs):
+    """The tests' usual run: plan ``candidates`` from theta_0 = ``start``, then Frank-Wolfe."""
+    from fusion_bench_fw.core import frank_wolfe, plan_vertices
+
+    plan = plan_vertices(candidates, start, config, len(objective.task_names), pretrained)
+    return frank_wolfe(objective, store, plan, config, **kwargs)

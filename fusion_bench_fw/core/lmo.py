@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from .distributed import Communicator
 from .lora_store import low_rank_dots
 
 LMO_SCORES = ("inner", "cosine")
@@ -257,3 +258,36 @@ def select_per_task(scores: Tensor) -> Tensor:
         chosen[j] = pick
         taken[pick, torch.arange(n_block)] = True
     return chosen
+
+
+def score_vertices_sharded(
+    grads,
+    theta,
+    vertex_names: Sequence[str],
+    read_vertex,
+    blocks: Blocks,
+    cosine: bool,
+    comm: Communicator,
+    read_parts=None,
+) -> ScoreTable:
+    """The LMO score pass with the candidates split round-robin over ranks.
+
+    Each rank scores its share with :func:`score_vertices`; the partial tables (zero
+    outside the rank's rows) are summed over ranks, so every rank gets the full table and
+    takes the same selection as a single process would.
+    """
+    names = list(vertex_names)
+    if not comm.distributed:
+        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine, read_parts=read_parts)
+    mine = [i for i in range(len(names)) if comm.owns(i)]
+    inner = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
+    cos = torch.zeros_like(inner) if cosine else None
+    if mine:
+        part = score_vertices(
+            grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine, read_parts=read_parts
+        )
+        inner[:, mine] = part.inner.to(inner)
+        if cosine:
+            cos[:, mine] = part.cosine.to(cos)
+    tables = comm.sum_tensors({"inner": inner, **({"cosine": cos} if cosine else {})})
+    return ScoreTable(names, tables["inner"], tables.get("cosine"))

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from fusion_bench.taskpool import BaseTaskPool
 from fusion_bench.utils import instantiate
 
-from .lm_objectives import IGNORE, TOKEN_LOGITS, collate_tokens, pad_id_of, row_maker
+from .objectives.lm import IGNORE, TOKEN_LOGITS, collate_tokens, pad_id_of, row_maker
 
 
 class TokenLossTaskPool(BaseTaskPool):

@@ -22,9 +22,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fusion_bench.modelpool import CLIPVisionModelPool
+
+from .options import plain
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +86,6 @@ def register_clip_task(
         CLIPTemplateFactory.register_dataset(name, dataset_info=info, classnames=classnames, templates=templates)
 
 
-def _plain(value: Any) -> Any:
-    """DictConfig/ListConfig -> plain Python containers (no-op for plain values)."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(value, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover - omegaconf comes with fusion-bench
-        pass
-    return value
-
-
 class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
     """:class:`fusion_bench.modelpool.CLIPVisionModelPool` plus ``clip_tasks``.
 
@@ -111,7 +100,7 @@ class CLIPVisionModelPoolWithTasks(CLIPVisionModelPool):
     _config_mapping = CLIPVisionModelPool._config_mapping | {"_clip_tasks": "clip_tasks"}
 
     def __init__(self, models, *, clip_tasks: Mapping[str, Mapping] | None = None, **kwargs):
-        clip_tasks = _plain(clip_tasks) or {}
+        clip_tasks = plain(clip_tasks) or {}
         for name, spec in clip_tasks.items():
             spec = spec or {}
             if "classnames" not in spec:
@@ -165,7 +154,7 @@ def load_local_dataset(
         names = getattr(dataset.features.get("label"), "names", None)
         if not names:
             raise ValueError(f"{dataset_path}: register_as needs a ClassLabel `label` feature")
-        register_clip_task(register_as, names, _plain(templates))
+        register_clip_task(register_as, names, plain(templates))
     if num_samples is not None:
         dataset = dataset.select(range(min(int(num_samples), len(dataset))))
     return dataset

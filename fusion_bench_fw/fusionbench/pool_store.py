@@ -1,4 +1,4 @@
-"""Turn a FusionBench model pool into a streaming vertex store.
+"""Turn a FusionBench model pool into the run's vertex store.
 
 Checkpoints that already sit on disk as one ``model.safetensors`` whose tensor names and
 shapes match the merged module are memory-mapped in place. LoRA entries (``peft_model_path``
@@ -6,7 +6,8 @@ on a ``base_model_path``, as FusionBench's peft loaders take them) stay factors 
 model's safetensors (:mod:`fusion_bench_fw.core.lora_store`) with ``store=auto``. Anything else
 (hub names resolved to sharded files, in-memory modules, other formats, adapters the factored
 store cannot represent, every LoRA entry with ``store=safetensors``) is spilled once to a
-safetensors cache as full weights, one model in memory at a time.
+safetensors cache as full weights, one model in memory at a time. The pretrained model (and
+an explicit init file) are held in memory next to them: :func:`build_store`.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 
+import torch
 from torch import Tensor
 
+from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.lora_store import (
     LoraFormatError,
     LoraVertexStore,
@@ -34,15 +37,29 @@ from fusion_bench_fw.core.stores import (
     spill_to_safetensors,
 )
 
+from .options import INIT_FILE
+
 log = logging.getLogger(__name__)
 
-STORE_MODES = ("auto", "safetensors", "memory")
+
+def pool_config(modelpool, name: str):
+    """The pool's config for ``name`` (a path or hub name, or a loader's dict), through its public
+    API; None for pools holding in-memory modules (they have no files, and get_model_config warns)."""
+    if modelpool.has_instance_models:
+        return None
+    return modelpool.get_model_config(name, return_copy=False)
+
+
+def pool_entry(modelpool, name: str) -> str | None:
+    """The pool's entry for ``name`` when it is a plain string (a local path or a hub name), else None."""
+    entry = pool_config(modelpool, name)
+    return entry if isinstance(entry, str) else None
 
 
 def local_safetensors_file(modelpool, name: str) -> str | None:
     """The single safetensors file behind a pool entry given as a local path, else None."""
-    config = modelpool._models[name] if hasattr(modelpool, "_models") else None
-    if not isinstance(config, str):
+    config = pool_entry(modelpool, name)
+    if config is None:
         return None
     if os.path.isfile(config) and config.endswith(".safetensors"):
         return config
@@ -53,8 +70,8 @@ def local_safetensors_file(modelpool, name: str) -> str | None:
 def spilled_path(modelpool, name: str, cache_dir: str) -> str:
     """Where ``name`` is (or would be) spilled: keyed on its config string when it has one
     (reused across runs), else in a per-run ``session`` folder."""
-    config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
-    tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if isinstance(config, str) else None
+    config = pool_entry(modelpool, name)
+    tag = hashlib.sha1(repr(config).encode()).hexdigest()[:12] if config is not None else None
     sub = os.path.join(cache_dir, tag) if tag else os.path.join(cache_dir, "session")
     return os.path.join(sub, f"{name.replace(os.sep, '_')}.safetensors")
 
@@ -103,7 +120,7 @@ def check_finite(
 
 def lora_entry(modelpool, name: str) -> tuple[str, str] | None:
     """``(base_model_path, peft_model_path)`` of a pool entry that loads a peft adapter, else None."""
-    config = modelpool._models.get(name) if hasattr(modelpool, "_models") else None
+    config = pool_config(modelpool, name)
     if config is None or isinstance(config, str) or not hasattr(config, "get"):
         return None
     base, adapter = config.get("base_model_path"), config.get("peft_model_path")
@@ -185,9 +202,8 @@ def build_vertex_store(
     conv1d_modules=None,
 ) -> VertexStore:
     """A store over ``names`` of ``modelpool`` holding the tensors ``shapes`` describes
-    (``conv1d_modules``: the merged model's modules with (in, out) weights, for LoRA)."""
-    if mode not in STORE_MODES:
-        raise ValueError(f"unknown store {mode!r}; use one of {STORE_MODES}")
+    (``mode``: ``memory``, or ``auto``/``safetensors`` for the safetensors store;
+    ``conv1d_modules``: the merged model's modules with (in, out) weights, for LoRA)."""
     keys = list(shapes)
     if mode == "memory":
         return InMemoryVertexStore({n: _state_dict_of(modelpool, n, keys) for n in names}, keys)
@@ -212,3 +228,67 @@ def build_vertex_store(
     stores = [SafetensorsVertexStore({n: direct[n] for n in names}, keys, shapes=shapes)] if names else []
     stores += factored
     return stores[0] if len(stores) == 1 else CompositeVertexStore(stores)
+
+
+FAR_FACTOR = 5.0
+
+
+def warn_on_far_models(distances: Mapping[str, float], pretrained: str = PRETRAINED) -> list[str]:
+    """Flag candidates far farther from the pretrained model than the typical one: most likely
+    fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
+    a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
+    if len(distances) < 3:
+        return []
+    median = sorted(distances.values())[len(distances) // 2]
+    far = sorted(n for n, d in distances.items() if d > FAR_FACTOR * median)
+    if far:
+        log.warning(
+            "model(s) %s are more than %gx farther from %s than the median candidate (%s vs %.3g): probably "
+            "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
+            "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
+            "method.init_models=targets / method.granularity=task",
+            far,
+            FAR_FACTOR,
+            pretrained,
+            ", ".join(f"{distances[n]:.3g}" for n in far),
+            median,
+        )
+    return far
+
+
+def load_init_file(path: str, keys: Sequence[str]) -> dict[str, Tensor]:
+    """The start point of ``init=file``: a .safetensors file or a torch state dict holding ``keys``."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        state = load_file(path)
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"init_path {path!r} lacks tensor {missing[0]!r} ({len(missing)} missing)")
+    return {k: state[k].float() for k in keys}
+
+
+def build_store(
+    modelpool,
+    candidates: Sequence[str],
+    template: torch.nn.Module,
+    shapes: Mapping[str, tuple],
+    mode: str,
+    cache_dir: str,
+    init_path: str | None = None,
+) -> VertexStore:
+    """Every checkpoint a run reads: the pretrained model (``template``'s parameters) and the
+    ``init_path`` start point in memory, the candidates streamed. One pass checks them for
+    NaN/Inf and warns about candidates far from the pretrained model."""
+    conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
+    candidate_store = build_vertex_store(modelpool, candidates, shapes, mode, cache_dir, conv1d_modules=conv1d)
+    params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
+    warn_on_far_models(check_finite(candidate_store, candidates, reference=params))
+    resident = {PRETRAINED: {n: p.float() for n, p in params.items()}}
+    if init_path:
+        resident[INIT_FILE] = load_init_file(init_path, list(shapes))
+    store = CompositeVertexStore([InMemoryVertexStore(resident, list(shapes)), candidate_store])
+    check_finite(store, list(resident))
+    return store

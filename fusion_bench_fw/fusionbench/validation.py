@@ -1,36 +1,30 @@
-"""Check a model pool and the run's settings before any heavy work.
+"""Check a model pool against a run before any heavy work, without side effects.
 
 Pools are assembled from strangers' checkpoints: other architectures, broken downloads, other
-dtypes. Everything here is cheap (safetensors headers, data set lengths, one streamed pass for
-NaN/Inf) and runs before the zero-shot heads, the objective and the Frank-Wolfe loop, so a bad
-input costs seconds and gets one error naming the model, the tensor and what to do.
+dtypes. Everything here is cheap (safetensors headers, data set lengths) and writes nothing;
+it runs before the store, the zero-shot heads, the objective and the Frank-Wolfe loop, so a bad
+input costs seconds and gets one error naming the model, the tensor and what to do. (The one
+streamed pass for NaN/Inf runs as the store is built: :func:`.pool_store.build_store`.)
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from fusion_bench_fw.core.solver import FrankWolfeConfig, effective_k, lmo_vertex_names
-from fusion_bench_fw.core.stores import StoreError, VertexStore, checkpoint_header
+from fusion_bench_fw import PRETRAINED
+from fusion_bench_fw.core.stores import StoreError, checkpoint_header
 from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
-from .pool_store import (
-    build_vertex_store,
-    check_finite,
-    full_weights,
-    local_safetensors_file,
-    lora_base_header,
-    spilled_path,
-)
+from .options import RunOptions
+from .pool_store import full_weights, local_safetensors_file, lora_base_header, pool_entry, spilled_path
 
 log = logging.getLogger(__name__)
 
-ON_INCOMPATIBLE = ("error", "skip")
 SKIP_HINT = "remove it from the pool, or set method.on_incompatible=skip to drop such models with a warning"
 
 SAFETENSORS_DTYPE = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
@@ -44,9 +38,31 @@ class IncompatibleModelError(StoreError):
 @dataclass
 class CheckedPool:
     candidates: list[str]  # the candidates kept (all of them unless on_incompatible=skip dropped some)
-    store: VertexStore  # their streaming store, names, shapes and finiteness checked
     dropped: dict[str, str] = field(default_factory=dict)  # name -> why it was dropped
-    distances: dict[str, float] = field(default_factory=dict)  # name -> L2 distance to the pretrained model
+
+
+def check_targets(modelpool, targets: Sequence[str] | None) -> list[str]:
+    """The run's target tasks (``targets``, or every task with a train split), after checking
+    that the pool has the pretrained model, candidates, and a train split for each target."""
+    if not modelpool.has_pretrained:
+        raise ValueError(
+            f"the model pool has no `{PRETRAINED}` model; FW-Merging needs the pretrained checkpoint "
+            f"(models.{PRETRAINED}) to build the task heads and the merged model"
+        )
+    if not modelpool.model_names:
+        raise ValueError(f"the model pool holds no fine-tuned models to merge (only `{PRETRAINED}`)")
+    targets = list(targets) if targets else list(modelpool.train_dataset_names)
+    if not targets:
+        raise ValueError(
+            "no target tasks: set method.targets=[...] or give the model pool train_datasets for its tasks"
+        )
+    missing = [t for t in targets if t not in modelpool.train_dataset_names]
+    if missing:
+        raise ValueError(
+            f"target task(s) {missing} have no training split in the model pool "
+            f"(it has {list(modelpool.train_dataset_names)}); add them to modelpool.train_datasets"
+        )
+    return targets
 
 
 def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) -> None:
@@ -62,19 +78,6 @@ def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) ->
         log.warning("task %s: using all %d samples (fewer than n_per_task=%d)", task, n, n_per_task)
 
 
-def check_target_samples(modelpool, targets: Sequence[str], n_per_task: int, allow_fewer: bool) -> None:
-    for task in targets:
-        try:
-            dataset = modelpool.load_train_dataset(task)
-        except Exception as exc:
-            raise ValueError(
-                f"target task {task!r}: cannot load its training split ({type(exc).__name__}: {exc}); "
-                "fix modelpool.train_datasets or drop the task from method.targets"
-            ) from exc
-        if hasattr(dataset, "__len__"):
-            check_sample_count(task, len(dataset), n_per_task, allow_fewer)
-
-
 def _as_header(header: dict[str, dict]) -> Header:
     return {k: (tuple(info["shape"]), info["dtype"]) for k, info in header.items()}
 
@@ -87,7 +90,7 @@ def load_model_checked(modelpool, name: str) -> torch.nn.Module:
     """``modelpool.load_model(name)`` (``load_pretrained_model()`` for the pretrained one), with an
     error naming the model, the cause (hub, missing path, bad file) and its fix."""
     try:
-        return modelpool.load_pretrained_model() if name == "_pretrained_" else modelpool.load_model(name)
+        return modelpool.load_pretrained_model() if name == PRETRAINED else modelpool.load_model(name)
     except Exception as exc:
         raise StoreError(explain_load_failure(name, model_source(modelpool, name), exc)) from exc
 
@@ -104,7 +107,7 @@ def candidate_header(modelpool, name: str, cache_dir: str | None) -> Header:
     if lora_header is not None:
         return _as_header(lora_header)
     path = local_safetensors_file(modelpool, name)
-    reusable = isinstance(getattr(modelpool, "_models", {}).get(name), str)  # "session" spills may be stale
+    reusable = pool_entry(modelpool, name) is not None  # "session" spills may be stale
     if path is None and cache_dir is not None and reusable:
         spilled = spilled_path(modelpool, name, cache_dir)
         path = spilled if os.path.isfile(spilled) else None
@@ -146,58 +149,23 @@ def warn_on_dtypes(headers: Mapping[str, Header], shapes: Mapping[str, tuple]) -
         )
 
 
-FAR_FACTOR = 5.0
-
-
-def warn_on_far_models(distances: Mapping[str, float], pretrained: str = "_pretrained_") -> list[str]:
-    """Flag candidates far farther from the pretrained model than the typical one: most likely
-    fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
-    a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
-    if len(distances) < 3:
-        return []
-    median = sorted(distances.values())[len(distances) // 2]
-    far = sorted(n for n, d in distances.items() if d > FAR_FACTOR * median)
-    if far:
-        log.warning(
-            "model(s) %s are more than %gx farther from %s than the median candidate (%s vs %.3g): probably "
-            "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
-            "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
-            "method.init_models=targets / method.granularity=task",
-            far,
-            FAR_FACTOR,
-            pretrained,
-            ", ".join(f"{distances[n]:.3g}" for n in far),
-            median,
-        )
-    return far
-
-
-def validate_pool(
+def check_pool(
     modelpool,
-    candidates: Sequence[str],
-    targets: Sequence[str],
     template: torch.nn.Module,
     shapes: Mapping[str, tuple],
-    *,
-    n_per_task: int,
-    allow_fewer_samples: bool,
-    on_incompatible: str,
-    solver_config: FrankWolfeConfig,
-    init_coefficients: Callable[[list[str]], Mapping[str, float]],
-    pretrained: str,
-    store: str,
-    cache_dir: str | None,
+    train_sets: Mapping,
+    options: RunOptions,
+    cache_dir,
 ) -> CheckedPool:
-    """Every check of a run, in order of cost, then the candidates' streaming store.
-
-    ``shapes`` are the merged tensors (the template's floating-point parameters);
-    ``init_coefficients(kept)`` gives theta_0 over the kept candidates (to count the LMO's
-    vertices for ``k``). Raises ValueError (StoreError for checkpoints) on the first problem."""
-    if on_incompatible not in ON_INCOMPATIBLE:
-        raise ValueError(f"unknown on_incompatible {on_incompatible!r}; use one of {ON_INCOMPATIBLE}")
-    check_target_samples(modelpool, targets, n_per_task, allow_fewer_samples)
-
+    """The pool's checks, in order of cost: each target's sample count, then each candidate's
+    tensor names and shapes against the merged ones (``shapes``: the template's floating-point
+    parameters). Reads headers (or loads a model once when it has none) and writes nothing.
+    Raises ValueError (StoreError for checkpoints) on the first problem."""
+    for task, dataset in train_sets.items():
+        if hasattr(dataset, "__len__"):
+            check_sample_count(task, len(dataset), options.n_per_task, options.allow_fewer_samples)
     template_keys = list(template.state_dict())
+    candidates = list(modelpool.model_names)
     kept, dropped, headers = [], {}, {}
     for name in candidates:
         header = candidate_header(modelpool, name, cache_dir)
@@ -205,7 +173,7 @@ def validate_pool(
         if problem is None:
             kept.append(name)
             headers[name] = header
-        elif on_incompatible == "skip":
+        elif options.on_incompatible == "skip":
             log.warning("dropping %s (method.on_incompatible=skip)", problem)
             dropped[name] = problem
         else:
@@ -218,13 +186,4 @@ def validate_pool(
             "fix the pool so that its models share the pretrained model's architecture"
         )
     warn_on_dtypes(headers, shapes)
-    effective_k(
-        solver_config, len(targets), len(lmo_vertex_names(kept, init_coefficients(kept), solver_config, pretrained))
-    )
-
-    conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
-    candidate_store = build_vertex_store(modelpool, kept, shapes, store, cache_dir, conv1d_modules=conv1d)
-    pretrained_params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
-    distances = check_finite(candidate_store, kept, reference=pretrained_params)
-    warn_on_far_models(distances, pretrained)
-    return CheckedPool(kept, candidate_store, dropped, distances)
+    return CheckedPool(kept, dropped)

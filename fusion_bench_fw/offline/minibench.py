@@ -51,12 +51,13 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
+from fusion_bench_fw import PRETRAINED
+
 from .tiny_clip import TEMPLATES, image_embeds, make_clip_model, make_processor, text_head
 
 ENV_VAR = "FUSION_BENCH_FW_MINIBENCH_ROOT"
 FMNIST_ENV = "FMNIST_DIR"
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
-PRETRAINED = "_pretrained_"
 # Bump when the builder's output changes for the same parameters.
 BUILDER_VERSION = 3
 

@@ -56,8 +56,9 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
+from fusion_bench_fw import PRETRAINED
+
 ENV_VAR = "FUSION_BENCH_FW_TINY_ROOT"
-PRETRAINED = "_pretrained_"
 TEMPLATES = ("a photo of a {}.",)
 IMAGE_SIZE = 32
 # Bump when the output of the builder changes for the same parameters.

@@ -40,8 +40,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from fusion_bench_fw import PRETRAINED
+
 ENV_VAR = "FUSION_BENCH_FW_TINY_LM_ROOT"
-PRETRAINED = "_pretrained_"
 PAD, EOS, UNK = 0, 1, 2
 LETTERS = string.ascii_lowercase[:16]  # a-p
 CLS_TASKS = ("last_half", "first_half")

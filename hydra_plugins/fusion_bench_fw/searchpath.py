@@ -60,3 +60,19 @@ class FusionBenchFWSearchPathPlugin(SearchPathPlugin):
         fallback = fusion_bench_config_dir()
         if fallback is not None:
             search_path.append(provider="fusion_bench_fw-fallback", path=f"file://{fallback}")
+
+
+def _register_method_schemas() -> None:
+    """``method/_fw_hard_schema`` and ``method/_fw_soft_schema``: FWHard's and FWSoft's options with
+    their defaults, the base of the ``method=fw_hard|fw_soft`` yamls (registered at Hydra start-up,
+    which imports this module)."""
+    try:
+        from fusion_bench_fw.fusionbench.options import register_hydra_schemas
+    except ImportError as exc:
+        if exc.name and exc.name.startswith("fusion_bench_fw"):
+            return  # not installed: plugin_config_dir() finds no configs either
+        raise
+    register_hydra_schemas()
+
+
+_register_method_schemas()

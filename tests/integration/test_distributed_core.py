@@ -17,9 +17,9 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
+from fusion_bench_fw.core import FrankWolfeConfig, frank_wolfe, plan_vertices
 from fusion_bench_fw.core.distributed import Communicator, torch_distributed_communicator
 from fusion_bench_fw.core.objective import Batch, BatchedObjective, functional_forward
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import InMemoryVertexStore
 
 CONFIGS = {
@@ -60,16 +60,18 @@ def _run(name: str, comm: Communicator, checkpoint_dir=None):
     store = InMemoryVertexStore(models)
     candidates = [n for n in models if n != "_pretrained_"]
     init = {"_pretrained_": 1.0 - 0.3 * 5, **{n: 0.3 for n in candidates}}
-    config = FrankWolfeConfig(**CONFIGS[name])
+    config = FrankWolfeConfig.build(**CONFIGS[name])
     kwargs = dict(progress=False, communicator=comm)
     if checkpoint_dir is not None:
         path = os.path.join(checkpoint_dir, f"{name}.safetensors")
-        first = FrankWolfeConfig(**{**CONFIGS[name], "max_iters": 2})
-        frank_wolfe(objective, store, candidates, init, first, checkpoint_path=path, **kwargs)
+        first = FrankWolfeConfig.build(**{**CONFIGS[name], "max_iters": 2})
+        plan = plan_vertices(candidates, init, first, len(objective.task_names))
+        frank_wolfe(objective, store, plan, first, checkpoint_path=path, **kwargs)
         if comm.distributed:  # rank 0 must have written the checkpoint before anyone resumes
             comm.all_reduce_sum(torch.zeros(1))
         kwargs.update(checkpoint_path=path, resume=True)
-    result = frank_wolfe(objective, store, candidates, init, config, **kwargs)
+    plan = plan_vertices(candidates, init, config, len(objective.task_names))
+    result = frank_wolfe(objective, store, plan, config, **kwargs)
     selected = [r.selected for r in result.history.iterations]
     losses = [r.loss for r in result.history.iterations]
     return selected, losses, {k: v.clone() for k, v in result.params.items()}

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fusion_bench_fw.fusionbench.clip_objective import fixed_subset_indices
+from fusion_bench_fw.fusionbench.objectives.sampling import fixed_subset_indices
 from fusion_bench_fw.offline import tiny_lm
 
 N_PER_TASK = 32

@@ -20,7 +20,7 @@ CHILD = textwrap.dedent(
     import json, os, resource, sys
     import torch
     torch.set_num_threads(1)
-    from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
+    from fusion_bench_fw.core import HardConfig, frank_wolfe, plan_vertices
     from fusion_bench_fw.core.stores import SafetensorsVertexStore
     from toy import QuadraticObjective
 
@@ -30,7 +30,8 @@ CHILD = textwrap.dedent(
     shapes = {f"w{j}": (1024, 1024) for j in range(4)}
     store = SafetensorsVertexStore(paths, list(shapes))
     target = {k: torch.zeros(s) for k, s in shapes.items()}
-    config = FrankWolfeConfig(variant="hard", granularity=granularity, max_iters=2, include_init_vertex=False)
+    config = HardConfig(granularity=granularity, max_iters=2, include_init_vertex=False)
+    plan = plan_vertices(names[1:], {"_pretrained_": 1.0}, config, 1)
 
     def rss_mb(field="VmRSS"):
         with open("/proc/self/status") as f:
@@ -41,7 +42,7 @@ CHILD = textwrap.dedent(
     reads = []
     tensor = store.tensor
     store.tensor = lambda name, key: reads.append((name, key)) or tensor(name, key)
-    frank_wolfe(QuadraticObjective(target), store, names[1:], {"_pretrained_": 1.0}, config, progress=False)
+    frank_wolfe(QuadraticObjective(target), store, plan, config, progress=False)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(dict(before=before, peak_before=peak_before, peak=peak, after=rss_mb(),
                           file_pages=rss_mb("RssFile"), reads=len(reads))))

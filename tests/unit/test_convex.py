@@ -6,9 +6,9 @@ fast convergence are checked against the true optimum.
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool
+from toy import SHAPES, QuadraticObjective, random_pool, solve
 
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe, materialise
+from fusion_bench_fw.core import FrankWolfeConfig, HardConfig, SoftConfig, materialise
 from fusion_bench_fw.core.stores import InMemoryVertexStore
 
 N = 6
@@ -38,8 +38,8 @@ def _diameter_sq(models, names):
 def test_fw_hard_gap_bounds_suboptimality_and_rate_is_one_over_t():
     models, store, names, target = _problem(0)
     objective = QuadraticObjective(target)
-    config = FrankWolfeConfig(variant="hard", granularity="task", max_iters=200, include_init_vertex=False)
-    result = frank_wolfe(objective, store, names, {"_pretrained_": 1.0}, config, progress=False)
+    config = HardConfig(granularity="task", max_iters=200, include_init_vertex=False)
+    result = solve(objective, store, names, {"_pretrained_": 1.0}, config, progress=False)
     its = result.history.iterations
     for rec in its:
         assert rec.gap >= rec.loss - 1e-9  # f(x_t) - f* <= gap_t (f* = 0)
@@ -54,20 +54,20 @@ def test_fw_hard_gap_bounds_suboptimality_and_rate_is_one_over_t():
 
 def test_fw_hard_layerwise_reaches_a_target_only_the_product_hull_contains():
     models, store, names, target = _problem(1, layerwise_target=True)
-    task = frank_wolfe(
+    task = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(granularity="task", max_iters=100, include_init_vertex=False),
+        HardConfig(granularity="task", max_iters=100, include_init_vertex=False),
         progress=False,
     )
-    layer = frank_wolfe(
+    layer = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(granularity="layer", max_iters=100, include_init_vertex=False),
+        HardConfig(granularity="layer", max_iters=100, include_init_vertex=False),
         progress=False,
     )
     assert layer.history.final_loss < 0.05 * task.history.final_loss
@@ -79,8 +79,7 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
     models, store, names, target = _problem(2)
     objective = QuadraticObjective(target)
     f0 = objective.loss(models["_pretrained_"])
-    config = FrankWolfeConfig(
-        variant="soft",
+    config = SoftConfig(
         granularity="task",
         coef_granularity="task",
         k=N,
@@ -89,7 +88,7 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
         inner_lr=0.02,
         include_init_vertex=False,
     )
-    result = frank_wolfe(objective, store, names, {"_pretrained_": 1.0}, config, progress=False)
+    result = solve(objective, store, names, {"_pretrained_": 1.0}, config, progress=False)
     assert result.history.final_loss < 1e-3 * f0
     losses = [r.loss for r in result.history.iterations] + [result.history.final_loss]
     assert all(b <= a + 1e-12 for a, b in zip(losses, losses[1:]))  # never worse than staying put
@@ -97,22 +96,22 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
 
 def test_line_search_beats_the_open_loop_step():
     models, store, names, target = _problem(3)
-    hard = frank_wolfe(
+    hard = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(
+        HardConfig(
             granularity="task", step_rule="line_search", line_search_evals=30, max_iters=15, include_init_vertex=False
         ),
         progress=False,
     )
-    plain = frank_wolfe(
+    plain = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(granularity="task", max_iters=15, include_init_vertex=False),
+        HardConfig(granularity="task", max_iters=15, include_init_vertex=False),
         progress=False,
     )
     assert hard.history.final_loss < plain.history.final_loss
@@ -122,10 +121,11 @@ def test_line_search_beats_the_open_loop_step():
 @pytest.mark.parametrize("granularity", ["task", "layer"])
 def test_coefficients_reproduce_the_merge_and_stay_on_the_simplex(variant, granularity):
     models, store, names, target = _problem(4)
-    config = FrankWolfeConfig(variant=variant, granularity=granularity, max_iters=4, inner_steps=5, k=2)
+    soft = {"inner_steps": 5, "k": 2} if variant == "soft" else {}
+    config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=4, **soft)
     init = {"_pretrained_": 1 - 0.3 * N, **{n: 0.3 for n in names}}
     before = {n: {k: v.clone() for k, v in m.items()} for n, m in models.items()}
-    result = frank_wolfe(QuadraticObjective(target), store, names, init, config, progress=False)
+    result = solve(QuadraticObjective(target), store, names, init, config, progress=False)
     rebuilt = materialise(store, result.coefficients, store.keys, "cpu", torch.float32)
     for key in store.keys:
         assert torch.allclose(rebuilt[key], result.params[key], atol=1e-5)
@@ -139,12 +139,12 @@ def test_coefficients_reproduce_the_merge_and_stay_on_the_simplex(variant, granu
 
 def test_fw_hard_from_pretrained_ends_in_the_hull():
     models, store, names, target = _problem(5)
-    result = frank_wolfe(
+    result = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(granularity="layer", max_iters=5),
+        HardConfig(granularity="layer", max_iters=5),
         progress=False,
     )
     alpha = result.coefficients
@@ -155,12 +155,12 @@ def test_fw_hard_from_pretrained_ends_in_the_hull():
 
 def test_gap_tol_stops_early():
     models, store, names, target = _problem(6)
-    result = frank_wolfe(
+    result = solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(granularity="task", max_iters=500, gap_tol=1.0, include_init_vertex=False),
+        HardConfig(granularity="task", max_iters=500, gap_tol=1.0, include_init_vertex=False),
         progress=False,
     )
     assert len(result.history.iterations) < 500
@@ -176,8 +176,7 @@ def test_soft_gap_covers_the_start_it_keeps_weight_on(granularity):
     # never go negative, although every candidate alone is worse than the iterate near x*.
     models, store, names, _ = _problem(7)
     target = {k: 0.5 * models["_pretrained_"][k] + 0.5 * sum(models[n][k] for n in names) / N for k in SHAPES}
-    config = FrankWolfeConfig(
-        variant="soft",
+    config = SoftConfig(
         granularity=granularity,
         coef_granularity="task",
         k=N,
@@ -186,7 +185,7 @@ def test_soft_gap_covers_the_start_it_keeps_weight_on(granularity):
         inner_lr=0.02,
         include_init_vertex=False,
     )
-    result = frank_wolfe(QuadraticObjective(target), store, names, {"_pretrained_": 1.0}, config, progress=False)
+    result = solve(QuadraticObjective(target), store, names, {"_pretrained_": 1.0}, config, progress=False)
     its = result.history.iterations
     assert its[-1].loss < 1e-3 * its[0].loss  # it does reach x*, which only the larger set holds
     for rec in its:

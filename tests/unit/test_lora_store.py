@@ -12,6 +12,7 @@ import pytest
 import torch
 from toy import QuadraticObjective
 
+from fusion_bench_fw.core import HardConfig, SoftConfig, frank_wolfe, plan_vertices
 from fusion_bench_fw.core.lmo import Blocks, score_vertices, select_hard
 from fusion_bench_fw.core.lora_store import (
     LoraFactors,
@@ -21,7 +22,6 @@ from fusion_bench_fw.core.lora_store import (
     open_safetensors_model,
     read_peft_adapter,
 )
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
 from fusion_bench_fw.core.stores import CompositeVertexStore, InMemoryVertexStore, StoreError
 
 SHAPES = {"a.weight": (6, 5), "a.bias": (6,), "b.weight": (4, 7), "c.weight": (5, 5), "d.weight": (3, 4)}
@@ -132,18 +132,17 @@ def test_low_rank_dots_several_gradients_and_orientations():
 
 def _run(store, candidates, target, config, dtype):
     objective = QuadraticObjective(target, tasks=("t0", "t1"))
-    return frank_wolfe(objective, store, candidates, {BASE: 1.0}, config, dtype=dtype, progress=False)
+    plan = plan_vertices(candidates, {BASE: 1.0}, config, len(objective.task_names))
+    return frank_wolfe(objective, store, plan, config, dtype=dtype, progress=False)
 
 
 @pytest.mark.parametrize(
     "config",
     [
-        FrankWolfeConfig(variant="hard", granularity="layer", max_iters=5),
-        FrankWolfeConfig(variant="hard", granularity="task", max_iters=5, lmo_score="cosine"),
-        FrankWolfeConfig(variant="soft", granularity="task", max_iters=4, k=2, inner_steps=6, inner_lr=0.05),
-        FrankWolfeConfig(
-            variant="soft", granularity="layer", max_iters=3, k=3, inner_steps=4, include_init_vertex=True
-        ),
+        HardConfig(granularity="layer", max_iters=5),
+        HardConfig(granularity="task", max_iters=5, lmo_score="cosine"),
+        SoftConfig(granularity="task", max_iters=4, k=2, inner_steps=6, inner_lr=0.05),
+        SoftConfig(granularity="layer", max_iters=3, k=3, inner_steps=4, include_init_vertex=True),
     ],
     ids=["hard-layer", "hard-task-cosine", "soft-task", "soft-layer"],
 )
@@ -171,7 +170,7 @@ def test_full_weight_and_lora_candidates_share_one_pool():
     flat = InMemoryVertexStore({**{n: {k: v.double() for k, v in s.items()} for n, s in full.items()}, **materialised})
     candidates = [*full, *names]
     target = {k: 0.5 * (full["full0"][k] + reference.tensor(names[2], k).float()) for k in SHAPES}
-    config = FrankWolfeConfig(variant="hard", granularity="layer", max_iters=4)
+    config = HardConfig(granularity="layer", max_iters=4)
     ours = _run(mixed, candidates, target, config, torch.float32)
     ref = _run(flat, candidates, target, config, torch.float64)
     assert [r.selected for r in ours.history.iterations] == [r.selected for r in ref.history.iterations]

@@ -14,10 +14,10 @@ import shutil
 
 import pytest
 import torch
-from toy import QuadraticObjective
+from toy import QuadraticObjective, solve
 
 from fusion_bench_fw import FWHard, FWSoft
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
+from fusion_bench_fw.core import FrankWolfeConfig
 from fusion_bench_fw.core.stores import InMemoryVertexStore, StoreError
 
 TASKS = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes"]
@@ -28,16 +28,7 @@ class HeavyWorkStarted(AssertionError):
     pass
 
 
-@pytest.fixture(autouse=True)
-def _one_thread_and_private_cache(monkeypatch, tmp_path):
-    import fusion_bench.utils.cache_utils as cache_utils
-
-    monkeypatch.setattr(cache_utils, "DEFAULT_CACHE_DIR", tmp_path / "joblib_cache")
-    monkeypatch.chdir(tmp_path)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 
 
 @pytest.fixture
@@ -243,8 +234,10 @@ def test_unknown_options_and_bad_step_scale_fail_at_construction(option, value):
         "step_scale must be a positive number" if option == "step_scale" else f"unknown {option} '{value}'; use one of"
     )
     for cls in (FWHard, FWSoft):
-        if cls is FWSoft and option == "merge_fn":
-            continue  # FW-soft refuses every merge_fn but task_arithmetic, with its own message
+        if cls is FWSoft and option in ("step_rule", "merge_fn", "step_scale"):  # FW-hard's options
+            with pytest.raises(ValueError, match=f"{option} is an FW-hard option; FW-soft never reads it"):
+                cls(**{option: value})
+            continue
         with pytest.raises(ValueError, match=expected):
             cls(**{option: value})
 
@@ -283,14 +276,13 @@ def test_noisy_models_are_never_selected_on_a_toy():
     clean = [f"task{i}" for i in range(4)]
     noisy = [f"noisy{i}" for i in range(3)]
     for variant, granularity in [("hard", "task"), ("hard", "layer"), ("soft", "task")]:
-        config = FrankWolfeConfig(
-            variant=variant, granularity=granularity, max_iters=8, k=2, inner_steps=20, inner_lr=0.05
-        )
+        soft = {"k": 2, "inner_steps": 20, "inner_lr": 0.05} if variant == "soft" else {}
+        config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=8, **soft)
         init = {"_pretrained_": 1.0}
-        with_noisy = frank_wolfe(
+        with_noisy = solve(
             QuadraticObjective(target), InMemoryVertexStore(models), clean + noisy, init, config, progress=False
         )
-        without = frank_wolfe(
+        without = solve(
             QuadraticObjective(target),
             InMemoryVertexStore({k: models[k] for k in ["_pretrained_"] + clean}),
             clean,
@@ -356,7 +348,7 @@ def test_noisy_tiny_clip_model_does_not_break_the_merge(pool, tmp_path, noisy_co
 
 
 def test_far_models_are_flagged_by_distance_only():
-    from fusion_bench_fw.fusionbench.validation import warn_on_far_models
+    from fusion_bench_fw.fusionbench.pool_store import warn_on_far_models
 
     assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 6.1}) == ["d"]
     assert warn_on_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 4.9}) == []

@@ -3,9 +3,9 @@ bit-identical to an uninterrupted run (the CLI kill test lives with the reliabil
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool
+from toy import SHAPES, QuadraticObjective, random_pool, solve
 
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
+from fusion_bench_fw.core import FrankWolfeConfig, HardConfig
 from fusion_bench_fw.core.stores import InMemoryVertexStore
 
 
@@ -32,14 +32,15 @@ def test_interrupted_run_resumes_to_the_same_merge(tmp_path, variant, granularit
     store = InMemoryVertexStore(models)
     names = [f"m{i}" for i in range(5)]
     target = {k: 0.3 * models["m0"][k] + 0.7 * models["m4"][k] for k in SHAPES}
-    config = FrankWolfeConfig(variant=variant, granularity=granularity, max_iters=6, inner_steps=4, k=2)
+    soft = {"inner_steps": 4, "k": 2} if variant == "soft" else {}
+    config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=6, **soft)
     init = {"_pretrained_": -0.5, **{n: 0.3 for n in names}}
-    full = frank_wolfe(QuadraticObjective(target), store, names, init, config, progress=False)
+    full = solve(QuadraticObjective(target), store, names, init, config, progress=False)
 
     ckpt = str(tmp_path / "fw_state.safetensors")
     calls_per_iter = 1 + (config.inner_steps if variant == "soft" else 0)
     with pytest.raises(Killed):
-        frank_wolfe(
+        solve(
             DiesAfter(target, die_at=3 * calls_per_iter + 2),
             store,
             names,
@@ -49,9 +50,7 @@ def test_interrupted_run_resumes_to_the_same_merge(tmp_path, variant, granularit
             checkpoint_path=ckpt,
         )
     resumed_objective = QuadraticObjective(target)
-    resumed = frank_wolfe(
-        resumed_objective, store, names, init, config, progress=False, checkpoint_path=ckpt, resume=True
-    )
+    resumed = solve(resumed_objective, store, names, init, config, progress=False, checkpoint_path=ckpt, resume=True)
     assert len(resumed.history.iterations) == 6
     assert resumed_objective.calls < 6 * calls_per_iter  # it really started from the checkpoint
     for key in SHAPES:
@@ -66,22 +65,22 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
     names = ["m0", "m1", "m2"]
     target = models["m0"]
     ckpt = str(tmp_path / "state.safetensors")
-    frank_wolfe(
+    solve(
         QuadraticObjective(target),
         store,
         names,
         {"_pretrained_": 1.0},
-        FrankWolfeConfig(max_iters=2),
+        HardConfig(max_iters=2),
         progress=False,
         checkpoint_path=ckpt,
     )
     with pytest.raises(ValueError, match="granularity"):
-        frank_wolfe(
+        solve(
             QuadraticObjective(target),
             store,
             names,
             {"_pretrained_": 1.0},
-            FrankWolfeConfig(max_iters=4, granularity="task"),
+            HardConfig(max_iters=4, granularity="task"),
             progress=False,
             checkpoint_path=ckpt,
             resume=True,

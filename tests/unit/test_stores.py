@@ -5,9 +5,9 @@ import os
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool
+from toy import SHAPES, QuadraticObjective, random_pool, solve
 
-from fusion_bench_fw.core.solver import FrankWolfeConfig, frank_wolfe
+from fusion_bench_fw.core import FrankWolfeConfig
 from fusion_bench_fw.core.stores import (
     CompositeVertexStore,
     InMemoryVertexStore,
@@ -31,11 +31,12 @@ def test_safetensors_store_gives_the_same_merge_as_in_memory(tmp_path, variant, 
     models = random_pool(5, SHAPES, seed=3)
     names = [f"m{i}" for i in range(5)]
     target = {k: 0.5 * models["m1"][k] + 0.5 * models["m3"][k] for k in SHAPES}
-    config = FrankWolfeConfig(variant=variant, granularity=granularity, max_iters=4, inner_steps=5, k=2)
+    soft = {"inner_steps": 5, "k": 2} if variant == "soft" else {}
+    config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=4, **soft)
     init = {"_pretrained_": 0.1, **{n: 0.18 for n in names}}
-    memory = frank_wolfe(QuadraticObjective(target), InMemoryVertexStore(models), names, init, config, progress=False)
+    memory = solve(QuadraticObjective(target), InMemoryVertexStore(models), names, init, config, progress=False)
     disk_store = SafetensorsVertexStore(_write(models, tmp_path), list(SHAPES))
-    disk = frank_wolfe(QuadraticObjective(target), disk_store, names, init, config, progress=False)
+    disk = solve(QuadraticObjective(target), disk_store, names, init, config, progress=False)
     for key in SHAPES:
         assert torch.equal(memory.params[key], disk.params[key])
     assert [r.selected for r in memory.history.iterations] == [r.selected for r in disk.history.iterations]

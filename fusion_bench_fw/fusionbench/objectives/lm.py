@@ -18,8 +18,6 @@ Samples are a fixed, seeded subset per task, padded per batch.
 
 from __future__ import annotations
 
-import dataclasses
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -27,45 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fusion_bench_fw.core.objective import Batch, BatchedObjective, functional_forward
+from fusion_bench_fw.core.objective import Batch, functional_forward
 
-from .clip_objective import build_clip_objective, fixed_subset
-from .distributed import fabric_communicator
-
-log = logging.getLogger(__name__)
+from .sampling import Sampling, sample_batches
 
 IGNORE = -100
-POOL_KINDS = ("clip", "sequence_classification", "causal_lm", "seq2seq")
-
-
-def pool_kind(modelpool) -> str:
-    """Which objective a FusionBench model pool gets (by its class)."""
-    from fusion_bench.modelpool import (
-        CausalLMPool,
-        CLIPVisionModelPool,
-        GPT2ForSequenceClassificationPool,
-        Seq2SeqLMPool,
-        SequenceClassificationModelPool,
-    )
-
-    if isinstance(modelpool, CLIPVisionModelPool):
-        return "clip"
-    if isinstance(modelpool, GPT2ForSequenceClassificationPool):
-        return "sequence_classification"
-    if isinstance(modelpool, CausalLMPool):
-        return "causal_lm"
-    if isinstance(modelpool, Seq2SeqLMPool):
-        return "seq2seq"
-    if isinstance(modelpool, SequenceClassificationModelPool):
-        raise ValueError(
-            "SequenceClassificationModelPool models carry their own task heads (different label sets), "
-            "so FW-Merging cannot merge them as whole models; use a pool that separates the backbone from "
-            "per-task heads, like FusionBench's GPT2ForSequenceClassificationPool (modelpool=gpt-2_glue)"
-        )
-    raise ValueError(
-        f"FW-Merging has no objective for model pool {type(modelpool).__name__}; supported: "
-        "CLIPVisionModelPool, GPT2ForSequenceClassificationPool, CausalLMPool, Seq2SeqLMPool"
-    )
 
 
 # ---------------------------------------------------------------------- data
@@ -102,15 +66,6 @@ def prompt_answer_row(tokenizer, prompt: str, answer: str) -> dict:
     if not a:
         raise ValueError(f"empty answer for prompt {prompt[:40]!r}: a causal-LM sample needs answer tokens")
     return {"input_ids": p + a, "labels": [IGNORE] * len(p) + a}
-
-
-def token_batches(
-    dataset, make_row, n_per_task: int, batch_size: int, seed: int, task: str, allow_fewer: bool, collate
-) -> list[Batch]:
-    rows = [make_row(dataset[i]) for i in fixed_subset(len(dataset), n_per_task, seed, task, allow_fewer)]
-    return [
-        Batch(collate(rows[s : s + batch_size]), len(rows[s : s + batch_size])) for s in range(0, len(rows), batch_size)
-    ]
 
 
 # ---------------------------------------------------------------------- losses
@@ -225,11 +180,13 @@ def row_maker(kind: str, pad_id: int, load_tokenizer: Callable[[], Any]):
     return causal_row
 
 
-def build_lm_objective(kind, modelpool, template, targets, n_per_task, batch_size, seed, allow_fewer, device):
-    """(batches, batch_loss) for a language-model pool kind."""
+def lm_batches_and_loss(
+    kind: str, modelpool, template: nn.Module, train_sets: Mapping[str, Any], sampling: Sampling, device
+) -> tuple[dict[str, list[Batch]], Callable]:
+    """The batches and the loss of the objective of a language-model pool ``kind`` on ``train_sets``' tasks."""
     pad_id = pad_id_of(template)
     if kind == "sequence_classification":
-        classifiers = _classifiers(modelpool, template, targets, device)
+        classifiers = _classifiers(modelpool, template, list(train_sets), device)
         prefix = getattr(next(iter(classifiers.values())), "base_model_prefix", "transformer")
         loss = HeadCrossEntropy(classifiers, prefix)
     elif kind in TOKEN_LOGITS:
@@ -239,47 +196,4 @@ def build_lm_objective(kind, modelpool, template, targets, n_per_task, batch_siz
     make_row = row_maker(kind, pad_id, lambda: modelpool.load_tokenizer())
     label_pad = None if kind == "sequence_classification" else IGNORE
     collate = lambda rows: collate_tokens(rows, pad_id, label_pad)  # noqa: E731
-    batches = {}
-    for task in targets:
-        dataset = modelpool.load_train_dataset(task)
-        batches[task] = token_batches(dataset, make_row, n_per_task, batch_size, seed, task, allow_fewer, collate)
-    return batches, loss
-
-
-def _to_device(device):
-    return lambda inputs: {k: v.to(device) for k, v in inputs.items()}
-
-
-def build_objective(
-    algorithm, modelpool, template, targets, n_per_task, batch_size, seed, task_weighting, autocast_dtype, allow_fewer
-) -> BatchedObjective:
-    """The FW objective for ``modelpool``'s kind, data-parallel over Fabric's ranks."""
-    kind = pool_kind(modelpool)
-    communicator = fabric_communicator(algorithm.fabric)
-    if kind == "clip":
-        objective = build_clip_objective(
-            algorithm,
-            modelpool,
-            template,
-            targets,
-            n_per_task,
-            batch_size,
-            seed,
-            task_weighting,
-            autocast_dtype,
-            allow_fewer,
-        )
-        return dataclasses.replace(objective, communicator=communicator)
-    device = algorithm.fabric.device
-    batches, loss = build_lm_objective(
-        kind, modelpool, template, targets, n_per_task, batch_size, seed, allow_fewer, device
-    )
-    return BatchedObjective(
-        module=template,
-        batches=batches,
-        batch_loss=loss,
-        task_weighting=task_weighting,
-        to_device=_to_device(device),
-        autocast_dtype=autocast_dtype,
-        communicator=communicator,
-    )
+    return {task: sample_batches(data, sampling, task, make_row, collate) for task, data in train_sets.items()}, loss

@@ -1,0 +1,182 @@
+"""The solver's options: one frozen dataclass per Frank-Wolfe variant, checked once, when built.
+
+:class:`FrankWolfeConfig` holds what both variants read; :class:`HardConfig` and
+:class:`SoftConfig` add their own. Each dataclass is the one home of its options' defaults
+and documentation (the FusionBench adapter and its Hydra configs are built from them). An
+option of the other variant would be ignored, so :meth:`FrankWolfeConfig.build` refuses it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, ClassVar
+
+from .lmo import GRANULARITIES, LMO_SCORES
+from .merge_fns import MERGE_FNS, TIES_DISJOINT
+from .steps import check_step_rule
+
+SOFT_SELECTS = ("topk", "per_task")
+SOFT_CONSTRAINTS = ("capped_simplex", "simplex_selected", "box", "none")
+INNER_OPTIMIZERS = ("adam", "sgd")
+TRIM_SCOPES = ("per_tensor", "global")
+
+
+def check_choice(name: str, value: Any, options) -> None:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; use one of {tuple(options)}")
+
+
+def check_positive_int(name: str, value: Any, zero_ok: bool = False) -> None:
+    low = 0 if zero_ok else 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        kind = "a non-negative" if zero_ok else "a positive"
+        raise ValueError(f"{name} must be {kind} integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FrankWolfeConfig:
+    """Options both variants read (use :class:`HardConfig` or :class:`SoftConfig`).
+
+    Args:
+        granularity: the LMO's constraint set: ``task`` (one choice of checkpoint for the
+            whole model) or ``layer`` (one per tensor: the product of per-tensor hulls).
+        lmo_score: how the LMO ranks the vertices: ``inner`` (<gradient, vertex - iterate>,
+            the paper's) or ``cosine`` (per-tensor cosine summed over the block, FusionBench's
+            in-tree rule).
+        max_iters: the number of Frank-Wolfe iterations.
+        gap_tol: stop once the Frank-Wolfe gap is at or below this; null: run ``max_iters``.
+        include_init_vertex: the starting point is also a vertex the LMO may pick.
+        include_pretrained_vertex: the pretrained checkpoint is also a vertex the LMO may pick.
+    """
+
+    variant: ClassVar[str] = ""
+
+    granularity: str = "layer"
+    lmo_score: str = "inner"
+    max_iters: int = 10
+    gap_tol: float | None = None
+    include_init_vertex: bool = True
+    include_pretrained_vertex: bool = False
+
+    def __post_init__(self):
+        if not self.variant:
+            raise TypeError("FrankWolfeConfig holds the common options: build a HardConfig or a SoftConfig")
+        self.check()
+
+    def check(self) -> None:
+        check_choice("granularity", self.granularity, GRANULARITIES)
+        check_choice("lmo_score", self.lmo_score, LMO_SCORES)
+        check_positive_int("max_iters", self.max_iters)
+        if self.gap_tol is not None and not self.gap_tol >= 0:
+            raise ValueError(f"gap_tol must be >= 0 or null, got {self.gap_tol!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The variant and every option, flat (as a run's history records them)."""
+        return {"variant": self.variant, **asdict(self)}
+
+    @staticmethod
+    def option_names(variant: str) -> list[str]:
+        return [f.name for f in fields(CONFIGS[variant])]
+
+    @staticmethod
+    def build(variant: str, **options) -> FrankWolfeConfig:
+        """The config of ``variant`` from flat options (as users pass them), refusing the
+        options that only the other variant reads: they would be silently ignored."""
+        check_choice("variant", variant, CONFIGS)
+        own = set(FrankWolfeConfig.option_names(variant))
+        for name in options:
+            if name in own:
+                continue
+            users = [v for v in CONFIGS if name in FrankWolfeConfig.option_names(v)]
+            if users:
+                raise ValueError(
+                    f"{name} is an FW-{users[0]} option; FW-{variant} never reads it: remove it (or run FW-{users[0]})"
+                )
+            raise ValueError(f"unknown FW option {name!r}; FW-{variant} takes {sorted(own)}")
+        return CONFIGS[variant](**options)
+
+
+@dataclass(frozen=True)
+class HardConfig(FrankWolfeConfig):
+    """FW-hard: a step toward the single LMO vertex (per block), theta += gamma_t * MergeFn(s - theta).
+
+    Args:
+        step_rule: ``fw_default`` (gamma_t = step_scale * 2/(t+2)), ``constant``
+            (gamma_t = step_scale) or ``line_search`` (golden section on [0, step_scale * 2/(t+2)]).
+        step_scale: the scale of the step rule; gamma_t is clamped to [0, 1].
+        line_search_evals: objective evaluations per line search.
+        merge_fn: ``task_arithmetic`` (the exact FW direction) or ``ties`` (trimmed, sign-elected:
+            it may leave the hull, and the coefficients are then no longer tracked).
+        ties_density: the fraction of the direction's entries TIES keeps.
+        ties_trim_scope: TIES trims ``per_tensor`` or by one ``global`` magnitude threshold.
+        ties_disjoint: TIES's disjoint merge: ``sum`` or ``mean``.
+    """
+
+    variant: ClassVar[str] = "hard"
+
+    step_rule: str = "fw_default"
+    step_scale: float = 1.0
+    line_search_evals: int = 8
+    merge_fn: str = "task_arithmetic"
+    ties_density: float = 0.2
+    ties_trim_scope: str = "per_tensor"
+    ties_disjoint: str = "sum"
+
+    def check(self) -> None:
+        super().check()
+        check_step_rule(self.step_rule, self.step_scale)
+        check_choice("merge_fn", self.merge_fn, MERGE_FNS)
+        check_choice("ties_trim_scope", self.ties_trim_scope, TRIM_SCOPES)
+        check_choice("ties_disjoint", self.ties_disjoint, TIES_DISJOINT)
+        if not 0 < self.ties_density <= 1:
+            raise ValueError(f"ties_density must be in (0, 1], got {self.ties_density!r}")
+
+
+@dataclass(frozen=True)
+class SoftConfig(FrankWolfeConfig):
+    """FW-soft: take the top-k LMO vertices and optimise their step weights lambda on the same
+    objective by projected gradient, theta += sum_j lambda_j (s_j - theta). Its defaults select
+    task-wise, without the init vertex (the paper's FW-soft).
+
+    Args:
+        k: how many vertices are selected; null: the number of target tasks.
+        soft_select: ``topk`` (the k best by the total gradient) or ``per_task`` (each task's
+            gradient picks its best vertex not yet picked: FusionBench's in-tree rule).
+        soft_constraint: where lambda lives: ``capped_simplex`` (lambda >= 0, sum <= 1),
+            ``simplex_selected`` (sum = 1), ``box`` ([0, 1] each) or ``none``.
+        coef_granularity: one lambda per selected vertex and ``layer`` (tensor) or ``task`` (model).
+        inner_steps: projected gradient steps on lambda per iteration.
+        inner_lr: their learning rate.
+        inner_optimizer: ``adam`` or ``sgd``.
+        inner_init: the starting lambda; null: 1/(k+1) (1/k on ``simplex_selected``).
+    """
+
+    variant: ClassVar[str] = "soft"
+
+    granularity: str = "task"
+    include_init_vertex: bool = False
+    k: int | None = None
+    soft_select: str = "topk"
+    soft_constraint: str = "capped_simplex"
+    coef_granularity: str = "layer"
+    inner_steps: int = 100
+    inner_lr: float = 0.01
+    inner_optimizer: str = "adam"
+    inner_init: float | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.k is not None:
+            check_positive_int("k", self.k)
+        check_choice("soft_select", self.soft_select, SOFT_SELECTS)
+        check_choice("soft_constraint", self.soft_constraint, SOFT_CONSTRAINTS)
+        check_choice("coef_granularity", self.coef_granularity, GRANULARITIES)
+        check_positive_int("inner_steps", self.inner_steps, zero_ok=True)
+        check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
+        if not self.inner_lr > 0:
+            raise ValueError(f"inner_lr must be positive, got {self.inner_lr!r}")
+        if self.inner_init is not None and not 0 <= self.inner_init <= 1:
+            raise ValueError(f"inner_init must be in [0, 1] or null, got {self.inner_init!r}")
+
+
+CONFIGS: dict[str, type[FrankWolfeConfig]] = {"hard": HardConfig, "soft": SoftConfig}

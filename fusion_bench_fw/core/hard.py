@@ -1,0 +1,48 @@
+"""FW-hard's update: theta <- theta + gamma_t * MergeFn(s_t - theta) toward the LMO's vertex per block."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import HardConfig
+from .lmo import Blocks
+from .merge_fns import task_arithmetic_direction, ties_direction, trim_threshold
+from .objective import Objective
+from .steps import golden_section_search, scheduled_step
+from .vertices import Vertices
+
+
+def hard_step(
+    objective: Objective, theta, vertices: Vertices, blocks: Blocks, chosen: Tensor, t: int, config: HardConfig, alpha
+) -> float:
+    """Move theta (in place) toward the ``chosen`` vertex of each block; with ``alpha`` (the
+    coefficients; None once TIES left the hull) take the same step on them. Returns gamma."""
+    keys = blocks.keys
+    picked = {key: vertices.names[int(chosen[blocks.block_of[key]])] for key in keys}
+    with torch.no_grad():
+        direction = {
+            key: task_arithmetic_direction(theta[key], [vertices.read(picked[key], key)], [1.0]) for key in keys
+        }
+        if config.merge_fn == "ties":
+            direction = _ties(direction, config)
+        gamma = scheduled_step(config.step_rule, t, config.step_scale)
+        if config.step_rule == "line_search":
+            phi = lambda g: objective.loss({k: theta[k] + g * direction[k] for k in keys})  # noqa: E731
+            gamma, _ = golden_section_search(phi, gamma, config.line_search_evals)
+        for p, key in enumerate(keys):
+            theta[key].add_(direction[key], alpha=gamma)
+            if alpha is not None:
+                alpha[:, p].mul_(1.0 - gamma).add_(vertices.row(picked[key])[:, p], alpha=gamma)
+    return gamma
+
+
+def _ties(direction: dict[str, Tensor], config: HardConfig) -> dict[str, Tensor]:
+    """One direction: TIES reduces to magnitude trimming of s - theta (per tensor or globally)."""
+    thresholds = None
+    if config.ties_trim_scope == "global":
+        thresholds = [trim_threshold(torch.cat([d.reshape(-1) for d in direction.values()]), config.ties_density)]
+    return {
+        key: ties_direction(torch.zeros_like(d), [d], [1.0], config.ties_density, config.ties_disjoint, thresholds)
+        for key, d in direction.items()
+    }

@@ -1,0 +1,155 @@
+"""FW-soft's update: optimise the step weights lambda of the selected vertices, then move.
+
+With k selected vertices s_j (per block) and weights lambda (k x columns: one column per
+tensor, or one for the whole model), the candidate iterate is
+theta(lambda) = theta + sum_j lambda_j (s_j - theta), and
+d f / d lambda_{j,c} = sum_{p in column c} <grad_p, s_{j,p} - theta_p>: each inner step
+costs one gradient of the objective and k inner products, no extra graph.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .config import SoftConfig
+from .lmo import Blocks
+from .objective import Objective
+from .simplex import project_box, project_capped_simplex, project_simplex
+from .vertices import Vertices
+
+PROJECTIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "capped_simplex": project_capped_simplex,
+    "simplex_selected": project_simplex,
+    "box": project_box,
+    "none": lambda lam: lam,
+}
+
+
+@dataclass
+class Selection:
+    """The selected vertices' differences to theta (k models resident: constant in the pool size)."""
+
+    names: list[list[str]]  # names[j][p]: the j-th selected vertex of tensor p
+    deltas: list[dict[str, Tensor]]  # deltas[j][key] = s_j - theta
+    column: dict[str, int]  # key -> its lambda column
+
+    @classmethod
+    def gather(cls, vertices: Vertices, blocks: Blocks, chosen: Tensor, theta, coef_granularity: str) -> Selection:
+        keys = blocks.keys
+        names = [[vertices.names[int(chosen[j, blocks.block_of[key]])] for key in keys] for j in range(chosen.shape[0])]
+        with torch.no_grad():
+            deltas = [
+                {key: vertices.read(row[p], key).to(theta[key]) - theta[key] for p, key in enumerate(keys)}
+                for row in names
+            ]
+        column = {key: (0 if coef_granularity == "task" else p) for p, key in enumerate(keys)}
+        return cls(names, deltas, column)
+
+    @property
+    def k(self) -> int:
+        return len(self.deltas)
+
+    @property
+    def n_columns(self) -> int:
+        return max(self.column.values()) + 1
+
+    def combine(self, theta: dict[str, Tensor], weights: Tensor) -> dict[str, Tensor]:
+        """theta + sum_j weights_j (s_j - theta), a new dict (theta is untouched)."""
+        w = weights.detach().to(torch.float32)
+        out = {}
+        for key, value in theta.items():
+            acc = value.clone()
+            for j in range(self.k):
+                acc.add_(self.deltas[j][key], alpha=float(w[j, self.column[key]]))
+            out[key] = acc
+        return out
+
+    def gradient(self, grad: dict[str, Tensor], shape) -> Tensor:
+        """d f / d lambda from the objective's gradient: one BLAS dot per (vertex, tensor)
+        on the compute device, one transfer per step."""
+        keys = list(self.column)
+        out = torch.zeros(shape, dtype=torch.float64, device=grad[keys[0]].device)
+        for key in keys:
+            flat = grad[key].reshape(-1).float()
+            for j in range(self.k):
+                out[j, self.column[key]] += torch.dot(flat, self.deltas[j][key].reshape(-1).float()).double()
+        return out
+
+
+def soft_step(
+    objective: Objective,
+    theta,
+    vertices: Vertices,
+    blocks: Blocks,
+    chosen: Tensor,
+    config: SoftConfig,
+    alpha,
+    loss_here,
+):
+    """Search lambda for the ``chosen`` vertices (k x blocks), then move theta (in place) and its
+    coefficients ``alpha`` to the best point seen. Returns the search's summary for the history."""
+    selection = Selection.gather(vertices, blocks, chosen, theta, config.coef_granularity)
+    best_loss, best_lam, trace = inner_search(objective, theta, selection, config, loss_here)
+    move(theta, alpha, vertices, selection, best_lam)
+    return {
+        "loss_start": loss_here,
+        "loss_best": best_loss,
+        "trace": trace,
+        "lambda_sum_mean": float(best_lam.sum(dim=0).mean()),
+        "lambda": best_lam.mean(dim=1).tolist() if selection.n_columns > 1 else best_lam[:, 0].tolist(),
+    }
+
+
+def inner_search(objective: Objective, theta, selection: Selection, config: SoftConfig, loss_here: float):
+    """Projected gradient on lambda; returns (best loss, best lambda, losses along the way).
+
+    Staying put (lambda = 0) is feasible, and so the best so far, for every constraint but
+    ``simplex_selected``: FW-soft never makes the objective worse."""
+    project = PROJECTIONS[config.soft_constraint]
+    k = selection.k
+    init = config.inner_init if config.inner_init is not None else 1.0 / (k + 1)
+    if config.soft_constraint == "simplex_selected" and config.inner_init is None:
+        init = 1.0 / k
+    lam = project(torch.full((k, selection.n_columns), float(init), dtype=torch.float64))
+    lam.requires_grad_(True)
+    optimiser = torch.optim.Adam if config.inner_optimizer == "adam" else torch.optim.SGD
+    optimiser = optimiser([lam], lr=config.inner_lr)
+    best_loss, best_lam = (
+        (loss_here, torch.zeros_like(lam.detach()))
+        if config.soft_constraint != "simplex_selected"
+        else (float("inf"), None)
+    )
+    trace = []
+    for _ in range(config.inner_steps):
+        lg = objective.loss_and_grad(selection.combine(theta, lam))
+        trace.append(lg.loss)
+        if lg.loss < best_loss:
+            best_loss, best_lam = lg.loss, lam.detach().clone()
+        grad = selection.gradient(lg.grads[0], lam.shape)
+        optimiser.zero_grad()
+        lam.grad = grad.cpu()
+        optimiser.step()
+        with torch.no_grad():
+            lam.copy_(project(lam))
+    final_loss = objective.loss(selection.combine(theta, lam))
+    trace.append(final_loss)
+    if final_loss < best_loss or best_lam is None:
+        best_loss, best_lam = final_loss, lam.detach().clone()
+    return best_loss, best_lam, trace
+
+
+def move(theta, alpha: Tensor, vertices: Vertices, selection: Selection, lam: Tensor) -> None:
+    """theta += sum_j lam_j (s_j - theta), and the same step on its coefficients alpha."""
+    with torch.no_grad():
+        w = lam.to(torch.float32)
+        for p, key in enumerate(selection.column):
+            c = selection.column[key]
+            for j in range(selection.k):
+                theta[key].add_(selection.deltas[j][key], alpha=float(w[j, c]))
+            alpha[:, p].mul_(1.0 - float(lam[:, c].sum()))
+            for j in range(selection.k):
+                alpha[:, p].add_(vertices.row(selection.names[j][p])[:, p], alpha=float(lam[j, c]))

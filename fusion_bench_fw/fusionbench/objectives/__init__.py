@@ -1,0 +1,93 @@
+"""The FW objective of a FusionBench model pool, by the pool's kind.
+
+* :mod:`.clip`: CLIP vision pools (zero-shot heads from the pretrained CLIP's text tower);
+* :mod:`.lm`: sequence classification (per-task heads), causal LM and seq2seq pools;
+* :mod:`.sampling`: the fixed labelled samples every kind draws its batches from.
+
+Each kind gives its batches and its loss from what it needs (the pool, the loaded train sets,
+a heads provider for CLIP); :func:`build_objective` makes them a
+:class:`~fusion_bench_fw.core.objective.BatchedObjective`, data-parallel over Fabric's ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torch import nn
+
+from fusion_bench_fw.core.objective import BatchedObjective
+
+from ..distributed import fabric_communicator
+from .sampling import Sampling
+
+POOL_KINDS = ("clip", "sequence_classification", "causal_lm", "seq2seq")
+
+
+def pool_kind(modelpool) -> str:
+    """Which objective a FusionBench model pool gets (by its class)."""
+    from fusion_bench.modelpool import (
+        CausalLMPool,
+        CLIPVisionModelPool,
+        GPT2ForSequenceClassificationPool,
+        Seq2SeqLMPool,
+        SequenceClassificationModelPool,
+    )
+
+    if isinstance(modelpool, CLIPVisionModelPool):
+        return "clip"
+    if isinstance(modelpool, GPT2ForSequenceClassificationPool):
+        return "sequence_classification"
+    if isinstance(modelpool, CausalLMPool):
+        return "causal_lm"
+    if isinstance(modelpool, Seq2SeqLMPool):
+        return "seq2seq"
+    if isinstance(modelpool, SequenceClassificationModelPool):
+        raise ValueError(
+            "SequenceClassificationModelPool models carry their own task heads (different label sets), "
+            "so FW-Merging cannot merge them as whole models; use a pool that separates the backbone from "
+            "per-task heads, like FusionBench's GPT2ForSequenceClassificationPool (modelpool=gpt-2_glue)"
+        )
+    raise ValueError(
+        f"FW-Merging has no objective for model pool {type(modelpool).__name__}; supported: "
+        "CLIPVisionModelPool, GPT2ForSequenceClassificationPool, CausalLMPool, Seq2SeqLMPool"
+    )
+
+
+def build_objective(
+    kind: str,
+    modelpool,
+    template: nn.Module,
+    train_sets: Mapping[str, Any],
+    sampling: Sampling,
+    *,
+    fabric,
+    task_weighting: str,
+    autocast_dtype,
+) -> BatchedObjective:
+    """The objective of a pool of ``kind`` (:func:`pool_kind`) on ``train_sets``' tasks."""
+    device = fabric.device
+    if kind == "clip":
+        from .clip import ZeroShotHeads, clip_batches_and_loss
+
+        batches, loss = clip_batches_and_loss(ZeroShotHeads(modelpool, fabric), train_sets, sampling)
+    else:
+        from .lm import lm_batches_and_loss
+
+        batches, loss = lm_batches_and_loss(kind, modelpool, template, train_sets, sampling, device)
+    return BatchedObjective(
+        module=template,
+        batches=batches,
+        batch_loss=loss,
+        task_weighting=task_weighting,
+        to_device=lambda inputs: _to_device(inputs, device),
+        autocast_dtype=autocast_dtype,
+        communicator=fabric_communicator(fabric),
+    )
+
+
+def _to_device(inputs, device):
+    """A batch's tensors on ``device``: a tuple (CLIP: images, labels) or a dict (token batches)."""
+    if isinstance(inputs, dict):
+        return {k: v.to(device) for k, v in inputs.items()}
+    return tuple(x.to(device) for x in inputs)

@@ -1,0 +1,202 @@
+"""The options of FWHard and FWSoft: one home for each default and its documentation.
+
+An algorithm's options are its :class:`RunOptions` (targets, samples, the start point, the
+pool checks, outputs) and its solver config (:class:`~fusion_bench_fw.core.HardConfig` or
+:class:`~fusion_bench_fw.core.SoftConfig`), passed flat, as a user writes them. Each is a
+frozen dataclass whose fields hold the defaults and whose ``Args:`` document them; from
+them come:
+
+* the algorithms' constructors (:func:`split_options`) and their ``Args:`` docstrings
+  (:func:`args_docstring`);
+* the Hydra config nodes ``method/_fw_hard_schema`` and ``method/_fw_soft_schema``
+  (:func:`register_hydra_schemas`, called by this package's Hydra plugin), on which the
+  ``method=fw_hard|fw_soft`` yamls build, so ``--cfg job`` shows every option.
+
+Imported by the Hydra plugin at start-up: nothing here imports FusionBench.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import MISSING, dataclass, field, fields, make_dataclass
+from typing import Any, get_type_hints
+
+import torch
+
+from fusion_bench_fw import PRETRAINED
+from fusion_bench_fw.core.config import CONFIGS, FrankWolfeConfig, check_choice, check_positive_int
+from fusion_bench_fw.core.vertices import INIT_MODELS, INITS, start_coefficients
+
+ON_INCOMPATIBLE = ("error", "skip")
+STORE_MODES = ("auto", "safetensors", "memory")
+AUTOCAST_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
+TARGETS = {"hard": "fusion_bench_fw.FWHard", "soft": "fusion_bench_fw.FWSoft"}  # the classes, by import path
+INIT_FILE = "__init_file__"  # the store's name for the start point of init=file
+
+
+def plain(value: Any) -> Any:
+    """OmegaConf containers (what Hydra passes) as plain Python lists and dicts."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What FW-Merging needs around the solver.
+
+    Args:
+        targets: the target tasks (labelled data from the pool's ``train_datasets``); null: every
+            task with a train split in the pool.
+        n_per_task: fixed, seeded labelled samples per target task.
+        batch_size: samples per forward pass (the objective is the same for any batch size).
+        seed: draws the samples; recorded in the history.
+        task_weighting: ``mean`` (each task weighs 1/|T|) or ``sum_samples`` (per-sample losses summed).
+        allow_fewer_samples: a task with fewer than ``n_per_task`` samples uses all of them
+            (with a warning) instead of failing.
+        on_incompatible: ``error`` or ``skip`` (drop, with a warning, candidates whose tensor
+            names or shapes differ from the pretrained model's).
+        init: the start point: ``pretrained``, ``task_arithmetic`` or ``file``.
+        init_scaling: the task-arithmetic scale lambda of ``init=task_arithmetic``.
+        init_models: the models in the task-arithmetic start: ``all``, ``targets`` or a list of names.
+        init_path: for ``init=file``: a .safetensors file or torch state dict of the start point.
+        store: where candidates are read from: ``auto`` (memory-map local safetensors, keep LoRA
+            adapters as factors over their base model, spill the others once to a safetensors
+            cache), ``safetensors`` (the same with every candidate as full weights) or ``memory``.
+        cache_dir: where non-safetensors checkpoints are spilled; null: ``<log_dir>/vertex_cache``.
+        autocast: forward passes in ``bf16`` or ``fp16`` (GPU), or null (float32).
+        history_path: the run's history (JSON); null: ``<log_dir>/fw_history.json``.
+        checkpoint_path: the resumable state, written after every iteration; null:
+            ``<log_dir>/fw_checkpoint.safetensors``.
+        resume: continue from ``checkpoint_path`` (fix ``path.log_dir`` or ``checkpoint_path`` to resume).
+        progress: show a progress bar.
+    """
+
+    targets: list[str] | None = None
+    n_per_task: int = 100
+    batch_size: int = 32
+    seed: int = 0
+    task_weighting: str = "mean"
+    allow_fewer_samples: bool = False
+    on_incompatible: str = "error"
+    init: str = "pretrained"
+    init_scaling: float = 0.3
+    init_models: Any = "all"
+    init_path: str | None = None
+    store: str = "auto"
+    cache_dir: str | None = None
+    autocast: str | None = None
+    history_path: str | None = None
+    checkpoint_path: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self):
+        check_positive_int("n_per_task", self.n_per_task)
+        check_positive_int("batch_size", self.batch_size)
+        check_choice("on_incompatible", self.on_incompatible, ON_INCOMPATIBLE)
+        check_choice("init", self.init, INITS)
+        if self.init == "file" and not self.init_path:
+            raise ValueError("init=file needs method.init_path (a .safetensors or torch state dict)")
+        if isinstance(self.init_models, str):
+            check_choice("init_models", self.init_models, INIT_MODELS)
+        check_choice("store", self.store, STORE_MODES)
+        if self.autocast not in AUTOCAST_DTYPES:
+            raise ValueError(f"unknown autocast {self.autocast!r}; use null, bf16 or fp16")
+
+    def start(self, candidates, targets) -> dict[str, float]:
+        """theta_0 over the stored checkpoints (the pool's pretrained model, the candidates, INIT_FILE)."""
+        return start_coefficients(
+            self.init,
+            candidates,
+            targets,
+            pretrained=PRETRAINED,
+            init_file=INIT_FILE,
+            scaling=self.init_scaling,
+            members=self.init_models,
+        )
+
+    @property
+    def init_file(self) -> str | None:
+        """The start point's file, when the run starts from one (``init=file``)."""
+        return self.init_path if self.init == "file" else None
+
+
+@dataclass(frozen=True)
+class HardRunOptions(RunOptions):
+    """FW-hard's run options: it starts from task arithmetic (the paper's setting)."""
+
+    init: str = "task_arithmetic"
+
+
+RUN_OPTIONS: dict[str, type[RunOptions]] = {"hard": HardRunOptions, "soft": RunOptions}
+
+
+def option_classes(variant: str) -> tuple[type, type]:
+    return RUN_OPTIONS[variant], CONFIGS[variant]
+
+
+def split_options(variant: str, options: dict[str, Any]) -> tuple[RunOptions, FrankWolfeConfig]:
+    """Flat options (Python keywords or Hydra's ``method.*``) -> (run options, solver config),
+    each checked once; an option that only the other variant reads is refused."""
+    options = {k: plain(v) for k, v in options.items()}
+    run_cls, solver_cls = option_classes(variant)
+    run_names = {f.name for f in fields(run_cls)}
+    everything = run_names | {f.name for cls in CONFIGS.values() for f in fields(cls)}
+    unknown = sorted(set(options) - everything)
+    if unknown:
+        known = sorted(run_names | {f.name for f in fields(solver_cls)})
+        raise ValueError(f"unknown FW option(s) {unknown}; FW-{variant} takes {known}")
+    run = run_cls(**{k: v for k, v in options.items() if k in run_names})
+    solver = FrankWolfeConfig.build(variant, **{k: v for k, v in options.items() if k not in run_names})
+    return run, solver
+
+
+# ---------------------------------------------------------------------- documentation
+def _documented(cls) -> dict[str, str]:
+    """``{option: text}`` from the ``Args:`` sections of ``cls`` and its bases (nearest first)."""
+    docs: dict[str, str] = {}
+    for klass in cls.__mro__:
+        text = inspect.cleandoc(klass.__dict__.get("__doc__") or "")
+        if "Args:" not in text:
+            continue
+        body = text.split("Args:", 1)[1]
+        for name, entry in re.findall(r"^ {4}(\w+): (.*?)(?=^ {4}\w+: |\Z)", body, flags=re.M | re.S):
+            docs.setdefault(name, " ".join(entry.split()))
+    return docs
+
+
+def args_docstring(summary: str, variant: str) -> str:
+    """``summary`` and an ``Args:`` section with every option of ``variant`` and its default."""
+    lines = [summary.rstrip(), "", "Args:"]
+    for cls in option_classes(variant):
+        docs = _documented(cls)
+        for f in fields(cls):
+            lines.append(f"    {f.name}: {docs[f.name]} Default: ``{f.default!r}``.")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------- Hydra
+def hydra_schema(variant: str) -> type:
+    """A dataclass with ``_target_`` and every option of ``variant`` (typed, with its default)."""
+    spec: list[tuple] = [("_target_", str, field(default=TARGETS[variant]))]
+    for cls in option_classes(variant):
+        hints = get_type_hints(cls)
+        for f in fields(cls):
+            assert f.default is not MISSING, f"{cls.__name__}.{f.name} needs a default"
+            spec.append((f.name, hints[f.name], field(default=f.default)))
+    return make_dataclass(f"FW{variant.title()}Options", spec)
+
+
+SCHEMA_NAMES = {"hard": "_fw_hard_schema", "soft": "_fw_soft_schema"}
+
+
+def register_hydra_schemas() -> None:
+    """``method/_fw_hard_schema`` and ``method/_fw_soft_schema`` in Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    for variant, name in SCHEMA_NAMES.items():
+        ConfigStore.instance().store(group="method", name=name, node=hydra_schema(variant))
