@@ -150,8 +150,9 @@ class FWHard(_FrankWolfeMerging):
     variant = "hard"
     __doc__ = args_docstring(
         "FW-hard (Chen et al., ICCV 2025): Frank-Wolfe toward the single LMO vertex per block.\n\n"
-        "Faithful defaults: raw inner-product LMO, layer-wise constraint set, gamma_t = 2/(t+2), a Task\n"
-        "Arithmetic start (0.3, all pool models) kept as an extra vertex.",
+        "Defaults: textbook Frank-Wolfe, not the authors' published protocol (their steps are\n"
+        "0.3 * step_size * 2/(t+2) <= 0.03): raw inner-product LMO, layer-wise constraint set,\n"
+        "gamma_t = 2/(t+2), a Task Arithmetic start (0.3, all pool models) kept as an extra vertex.",
         "hard",
     )
 
@@ -160,7 +161,8 @@ class FWSoft(_FrankWolfeMerging):
     variant = "soft"
     __doc__ = args_docstring(
         "FW-soft (Chen et al., ICCV 2025): the top-k LMO vertices' step weights optimised on the simplex.\n\n"
-        "Faithful defaults: raw inner-product LMO, task-wise selection, layer-wise weights, the pretrained\n"
-        "start, k = the number of target tasks.",
+        "Defaults: not the authors' published protocol (they start at Task Arithmetic(0.3) and adapt\n"
+        "AdaMerging-style on test-batch entropy): raw inner-product LMO, task-wise selection,\n"
+        "layer-wise weights on the capped simplex, the pretrained start, k = the number of targets.",
         "soft",
     )
