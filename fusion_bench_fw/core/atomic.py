@@ -56,3 +56,22 @@ def atomic_dir(path: str) -> Iterator[str]:
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
+
+
+def remove_stale_temporaries(directory: str) -> list[str]:
+    """Remove the ``.tmp-*`` / ``.old-*`` entries a killed writer left in ``directory``.
+
+    A SIGKILL between ``mkstemp`` and the rename leaves the temporary behind (the target itself
+    stays whole). Only call this where no other writer is active, e.g. when a run resumes into
+    its own output folder. Returns the removed paths."""
+    import shutil
+
+    removed = []
+    if not os.path.isdir(directory):
+        return removed
+    for name in os.listdir(directory):
+        if name.startswith((".tmp-", ".old-")):
+            path = os.path.join(directory, name)
+            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            removed.append(path)
+    return removed

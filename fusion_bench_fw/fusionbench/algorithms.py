@@ -21,6 +21,7 @@ from fusion_bench.mixins import LightningFabricMixin
 from torch import nn
 
 from fusion_bench_fw import PRETRAINED
+from fusion_bench_fw.core.atomic import remove_stale_temporaries
 from fusion_bench_fw.core.history import IterationRecord, RunHistory
 from fusion_bench_fw.core.solver import FrankWolfeResult, frank_wolfe
 from fusion_bench_fw.core.vertices import plan_vertices
@@ -87,6 +88,10 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         opts = self.options
         if opts.resume and not os.path.exists(paths.checkpoint):
             log.warning("resume=true but no checkpoint at %s: starting from scratch", paths.checkpoint)
+        if opts.resume and self.fabric.is_global_zero:  # a killed run may have left half-written temporaries
+            for folder in {os.path.dirname(os.path.abspath(p)) for p in (paths.checkpoint, paths.history)}:
+                for stale in remove_stale_temporaries(folder):
+                    log.info("removed %s, left by an interrupted run", stale)
         torch.manual_seed(opts.seed)
         return frank_wolfe(
             objective,
