@@ -19,47 +19,12 @@ from fusion_bench_fw.offline.cli import cli_args, report_accuracies
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # The real protocol: FusionBench's ViT-B/32 pools, through the plugin's aliases.
-HUB_TASKS = {
-    "TA8": ["sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"],
-    "TA14": [
-        "sun397",
-        "stanford-cars",
-        "resisc45",
-        "eurosat",
-        "svhn",
-        "gtsrb",
-        "mnist",
-        "dtd",
-        "oxford_flowers102",
-        "pcam",
-        "fer2013",
-        "oxford-iiit-pet",
-        "stl10",
-        "cifar100",
-    ],
-    "TA20": [
-        "sun397",
-        "stanford-cars",
-        "resisc45",
-        "eurosat",
-        "svhn",
-        "gtsrb",
-        "mnist",
-        "dtd",
-        "oxford_flowers102",
-        "pcam",
-        "fer2013",
-        "oxford-iiit-pet",
-        "stl10",
-        "cifar100",
-        "cifar10",
-        "food101",
-        "fashion_mnist",
-        "emnist_letters",
-        "kmnist",
-        "rendered-sst2",
-    ],
-}
+_TALL20 = [
+    *("sun397", "stanford-cars", "resisc45", "eurosat", "svhn", "gtsrb", "mnist", "dtd"),
+    *("oxford_flowers102", "pcam", "fer2013", "oxford-iiit-pet", "stl10", "cifar100"),
+    *("cifar10", "food101", "fashion_mnist", "emnist_letters", "kmnist", "rendered-sst2"),
+]
+HUB_TASKS = {"TA8": _TALL20[:8], "TA14": _TALL20[:14], "TA20": _TALL20}  # each pool extends the one before
 
 CUDA_PATTERNS = (
     "Torch not compiled with CUDA enabled",

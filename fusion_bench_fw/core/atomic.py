@@ -14,6 +14,13 @@ def _umask() -> int:
     return mask
 
 
+def _remove(path: str) -> None:
+    """Delete a file, a link or a whole folder."""
+    import shutil
+
+    shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str, suffix: str = "") -> Iterator[str]:
     """Yield a temporary path next to ``path``; it replaces ``path`` only if the block succeeds."""
@@ -52,7 +59,7 @@ def atomic_dir(path: str) -> Iterator[str]:
             os.replace(path, old)
         os.replace(tmp, path)
         if old is not None:
-            shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+            _remove(old)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
@@ -64,14 +71,12 @@ def remove_stale_temporaries(directory: str) -> list[str]:
     A SIGKILL between ``mkstemp`` and the rename leaves the temporary behind (the target itself
     stays whole). Only call this where no other writer is active, e.g. when a run resumes into
     its own output folder. Returns the removed paths."""
-    import shutil
-
     removed = []
     if not os.path.isdir(directory):
         return removed
     for name in os.listdir(directory):
         if name.startswith((".tmp-", ".old-")):
             path = os.path.join(directory, name)
-            shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+            _remove(path)
             removed.append(path)
     return removed

@@ -541,6 +541,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
 
     manifest_models: dict[str, dict] = {}
     task_vectors: dict[str, torch.Tensor] = {}
+    theta0 = _flat(pretrained_vision)  # each task vector is a model's weights minus these
     accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
     bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
     for i, spec in enumerate(bar):
@@ -583,7 +584,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
             )
             vm.save_pretrained(model_dir)
             _write_key(model_dir, mkey)
-        task_vectors[spec.name] = _task_vector(vm, pretrained_vision)
+        task_vectors[spec.name] = _flat(vm) - theta0
         acc = accuracy(vm, px_te, y_te, spec.task.classnames)
         if spec.group in ("task", "relevant"):
             accuracies[PRETRAINED].setdefault(
@@ -610,7 +611,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         "templates": list(TEMPLATES),
         "models": manifest_models,
         "pretrained_accuracy": accuracies[PRETRAINED],
-        "task_vectors": task_vector_diagnostics(task_vectors, _flat(pretrained_vision)),
+        "task_vectors": task_vector_diagnostics(task_vectors, theta0),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
     tmp = os.path.join(root, "manifest.json.tmp")
@@ -625,10 +626,6 @@ def _flat(model):
     import torch
 
     return torch.cat([p.detach().flatten().double() for p in model.state_dict().values() if p.is_floating_point()])
-
-
-def _task_vector(model, pretrained):
-    return _flat(model) - _flat(pretrained)
 
 
 def task_vector_diagnostics(task_vectors: dict, theta0) -> dict:
