@@ -57,9 +57,10 @@ def pool_entry(modelpool, name: str) -> str | None:
 
 
 def local_safetensors_file(modelpool, name: str) -> str | None:
-    """The single safetensors file behind a pool entry given as a local path, else None."""
+    """The single safetensors file behind a pool entry given as a local path, else None (also
+    when the pool hands out a part of the file's model: ``whole_checkpoints = False``)."""
     config = pool_entry(modelpool, name)
-    if config is None:
+    if config is None or not getattr(modelpool, "whole_checkpoints", True):
         return None
     if os.path.isfile(config) and config.endswith(".safetensors"):
         return config
