@@ -2,7 +2,10 @@
 """Leaderboard: FusionBench's baselines and FW-Merging side by side, through the ``fusion_bench`` CLI.
 
 Default: the embedded offline mini benchmark (``modelpool=mini_TA8 taskpool=mini_TA8``), built
-first if needed (``python -m fusion_bench_fw.offline.minibench build``). ``--hub TA8|TA14|TA20``
+first if needed (``python -m fusion_bench_fw.offline.minibench build``). ``--pool text_TA4`` runs
+the offline text benchmark instead (all-MiniLM-L6-v2 fine-tuned on 4 text tasks, each task's own
+head on the merged backbone; ``python -m fusion_bench_fw.offline.textbench build``), with the
+methods that run on such pools (:data:`TEXT_METHODS`). ``--hub TA8|TA14|TA20``
 runs the real protocol instead (FusionBench's ViT-B/32 pools and datasets; needs a hub or a
 local mirror, and a GPU for reasonable times).
 
@@ -14,6 +17,7 @@ report, the CLI's full output).
 
     python benchmarks/leaderboard.py                  # offline mini benchmark, full settings
     python benchmarks/leaderboard.py --quick          # CI: small build, few steps
+    python benchmarks/leaderboard.py --pool text_TA4 --out benchmarks/results/textbench_leaderboard
     python benchmarks/leaderboard.py --hub TA8        # the real protocol (hub + GPU)
 """
 
@@ -61,6 +65,15 @@ def _mini_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
 
 MINI_POOLS = _mini_pools()
 
+
+def _text_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    from fusion_bench_fw.offline.textbench import TARGETS
+
+    return {"text_TA4": ("text_TA4", "text_TA4", TARGETS)}
+
+
+TEXT_POOLS = _text_pools()
+
 # rows that fail inside FusionBench 0.2.33 itself on this stack; they keep their row and the reason
 UPSTREAM_FAILURES = {
     "regmean_plusplus": "IndexError in RegMeanAlgorithmForCLIPPlusPlus.layer_batches_forward "
@@ -84,6 +97,23 @@ ALL_METHODS = (
     "surgery",
     "fusionbench_fw_soft",
     "fusionbench_fw_hard",
+    "fw_hard",
+    "fw_soft",
+)
+
+
+# the rows that run on a text pool (backbones handed out, each task's own head): FusionBench's CLIP-only
+# methods (RegMean for CLIP, AdaMerging, Surgery) and its in-tree FW (CLIP and CUDA) are left out
+TEXT_METHODS = (
+    "pretrained",
+    "individual",
+    "simple_average",
+    "task_arithmetic",
+    "ties_merging",
+    "tsv_m",
+    "iso_c",
+    "iso_cts",
+    "wudi",
     "fw_hard",
     "fw_soft",
 )
@@ -286,7 +316,9 @@ def plot(result: dict, path: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
-    p.add_argument("--pool", default="mini_TA8", choices=sorted(MINI_POOLS), help="mini benchmark setting")
+    p.add_argument(
+        "--pool", default="mini_TA8", choices=sorted(MINI_POOLS) + sorted(TEXT_POOLS), help="benchmark setting"
+    )
     p.add_argument(
         "--hub",
         choices=sorted(HUB_TASKS),
@@ -297,7 +329,7 @@ def main(argv=None) -> int:
         "--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)"
     )
     p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    p.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS, help="default: every row of the pool")
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
@@ -307,6 +339,15 @@ def main(argv=None) -> int:
     if args.hub:
         pools = (f"clip-vit-b32_{args.hub}", f"clip-vit-b32_{args.hub}")
         tasks = HUB_TASKS[args.hub]
+    elif args.pool in TEXT_POOLS:
+        from fusion_bench_fw.offline import textbench
+
+        modelpool, taskpool, tasks = TEXT_POOLS[args.pool]
+        params = textbench.BuildParams(scope="targets", **(textbench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = textbench.build(args.root, params)
+        env[textbench.ENV_VAR] = manifest["root"]
+        pools, tasks, device_args = (modelpool, taskpool), list(tasks), ["fabric.accelerator=cpu"]
+        print(f"text benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
     else:
         from fusion_bench_fw.offline import minibench
 
@@ -332,8 +373,9 @@ def main(argv=None) -> int:
         drop = [t for t in tasks if t not in args.tasks]
         tasks = [t for t in tasks if t in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
+    methods = args.methods or list(TEXT_METHODS if args.pool in TEXT_POOLS and not args.hub else ALL_METHODS)
     result = run_leaderboard(
-        args.out, pools, tasks, settings, args.methods, env, device_args, args.threads, drop, args.reuse
+        args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse
     )
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     md = to_markdown(result)
