@@ -116,15 +116,18 @@ def quote(value: str) -> str:
     return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = ()) -> list[str]:
+def drop_models(
+    names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = (), clip: bool = True
+) -> list[str]:
     """Hydra overrides removing models (and their data sets) from the composed model pool.
 
     ``keep_clip_tasks``: names whose CLIP task registration stays (tasks FW still targets:
-    it builds their zero-shot heads before the task pool registers anything)."""
+    it builds their zero-shot heads before the task pool registers anything); ``clip=False``:
+    a pool without CLIP task names (the text benchmark's)."""
     out = []
     for n in names:
         out.append(f"~modelpool.models.{n}")
-        if n not in keep_clip_tasks:
+        if clip and n not in keep_clip_tasks:
             out.append(f"~modelpool.clip_tasks.{n}")
         if datasets:
             out.append(f"~modelpool.test_datasets.{n}")

@@ -187,13 +187,19 @@ def run_leaderboard(
     threads: int = 1,
     drop_tasks: list[str] | None = None,
     reuse: bool = False,
+    clip: bool = True,
 ) -> dict:
-    """``drop_tasks``: tasks of the pools left out (their models and data sets)."""
+    """``drop_tasks``: tasks of the pools left out (their models and data sets); ``clip=False``:
+    pools without CLIP task names or model-pool test sets (the text benchmark's)."""
     modelpool, taskpool = pools
     device_args = device_args or []
     base = [f"modelpool={modelpool}", f"taskpool={taskpool}"]
     for t in drop_tasks or []:
-        base += [*drop_models([t]), f"~modelpool.train_datasets.{t}", f"~taskpool.test_datasets.{t}"]
+        base += [
+            *drop_models([t], datasets=clip, clip=clip),
+            f"~modelpool.train_datasets.{t}",
+            f"~taskpool.test_datasets.{t}",
+        ]
     rows: list[dict] = []
     for name in methods:
         if name == "individual":
@@ -373,9 +379,10 @@ def main(argv=None) -> int:
         drop = [t for t in tasks if t not in args.tasks]
         tasks = [t for t in tasks if t in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
-    methods = args.methods or list(TEXT_METHODS if args.pool in TEXT_POOLS and not args.hub else ALL_METHODS)
+    text = args.pool in TEXT_POOLS and not args.hub
+    methods = args.methods or list(TEXT_METHODS if text else ALL_METHODS)
     result = run_leaderboard(
-        args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse
+        args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse, clip=not text
     )
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     md = to_markdown(result)

@@ -111,11 +111,7 @@ def run_scaling(
                         [
                             f"modelpool={bench['pools'][0]}",
                             f"taskpool={bench['pools'][1]}",
-                            *(
-                                drop_models(drop, keep_clip_tasks=eval_tasks)
-                                if bench["clip"]
-                                else [f"~modelpool.models.{m}" for m in drop]
-                            ),
+                            *drop_models(drop, datasets=bench["clip"], keep_clip_tasks=eval_tasks, clip=bench["clip"]),
                             *drop_eval,
                             *method_args(method, settings, eval_tasks),
                             "fabric.accelerator=cpu",

@@ -171,14 +171,13 @@ class SequenceClassificationBackbonePool(SequenceClassificationModelPool):
     counts (GLUE: stsb 1, mnli 3, the rest 2) never meet. Same arguments as the parent class::
 
         _target_: fusion_bench_fw.SequenceClassificationBackbonePool
-        models: {_pretrained_: ..., task: ...}   # paths, hub names or loader dicts
+        models: {_pretrained_: ..., task: ...}   # loaders: {_target_: ...from_pretrained, ...}
         tokenizer: {...}
         train_datasets: {task: ...}              # FW's labelled samples (input_ids, attention_mask, label)
-    """
 
-    # the checkpoint files hold whole classifiers, load_model a part of them: FW spills the
-    # backbones to its cache once instead of memory-mapping the files (pool_store)
-    whole_checkpoints = False
+    Entries are loader dicts (FusionBench's pools do not load plain strings), so FW spills each
+    backbone once to its vertex cache rather than memory-mapping the whole-classifier files.
+    """
 
     def load_classifier(self, model_name_or_config, *args, **kwargs):
         """The whole fine-tuned model of a task: its backbone and its head."""

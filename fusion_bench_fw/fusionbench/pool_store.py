@@ -57,10 +57,9 @@ def pool_entry(modelpool, name: str) -> str | None:
 
 
 def local_safetensors_file(modelpool, name: str) -> str | None:
-    """The single safetensors file behind a pool entry given as a local path, else None (also
-    when the pool hands out a part of the file's model: ``whole_checkpoints = False``)."""
+    """The single safetensors file behind a pool entry given as a local path, else None."""
     config = pool_entry(modelpool, name)
-    if config is None or not getattr(modelpool, "whole_checkpoints", True):
+    if config is None:
         return None
     if os.path.isfile(config) and config.endswith(".safetensors"):
         return config
