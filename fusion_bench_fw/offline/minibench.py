@@ -918,9 +918,10 @@ def render_configs() -> dict[str, str]:
     return out
 
 
-def write_configs(config_dir: str) -> list[str]:
+def write_configs(config_dir: str, rendered: dict[str, str] | None = None) -> list[str]:
+    """Write ``rendered`` (default: this benchmark's :func:`render_configs`) under ``config_dir``."""
     written = []
-    for rel, text in render_configs().items():
+    for rel, text in (render_configs() if rendered is None else rendered).items():
         path = os.path.join(config_dir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -933,37 +934,41 @@ def write_configs(config_dir: str) -> list[str]:
 # CLI
 # --------------------------------------------------------------------------------------------
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 
-def main(argv: Sequence[str] | None = None) -> int:
-    defaults = BuildParams()
-    parser = argparse.ArgumentParser(prog="python -m fusion_bench_fw.offline.minibench")
+
+def builder_cli(argv, name: str, env_var: str, defaults, quick: dict, render):
+    """``python -m fusion_bench_fw.offline.<name> build|configs``, as the offline benchmarks share it:
+    None once ``configs`` has written ``render()``, else ``(args, the build's params)``."""
+    parser = argparse.ArgumentParser(prog=f"python -m fusion_bench_fw.offline.{name}")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or reuse) the mini benchmark")
+    b = sub.add_parser("build", help=f"build (or reuse) the {name} benchmark")
     b.add_argument(
-        "--root", default=None, help=f"output folder (default ${ENV_VAR} or ~/.cache/fusion_bench_fw/minibench)"
+        "--root", default=None, help=f"output folder (default ${env_var} or ~/.cache/fusion_bench_fw/{name})"
     )
     b.add_argument("--quick", action="store_true", help="small sizes and few steps (tests, CI)")
     b.add_argument("--force", action="store_true", help="rebuild every model")
     b.add_argument("--no-progress", action="store_true")
-    for f in BuildParams.__dataclass_fields__.values():
-        value = getattr(defaults, f.name)
-        b.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=None)
-    c = sub.add_parser("configs", help="(re)write the mini_* plugin configs")
-    c.add_argument(
-        "--out",
-        default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config"),
-    )
+    fields = list(type(defaults).__dataclass_fields__)
+    for field in fields:
+        b.add_argument("--" + field.replace("_", "-"), type=type(getattr(defaults, field)), default=None)
+    c = sub.add_parser("configs", help=f"(re)write the {name} plugin configs")
+    c.add_argument("--out", default=CONFIG_DIR)
     args = parser.parse_args(argv)
     if args.command == "configs":
-        for path in write_configs(args.out):
+        for path in write_configs(args.out, render()):
             print(path)
+        return None
+    overrides = dict(quick) if args.quick else {}
+    overrides.update({f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    return args, replace(defaults, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parsed = builder_cli(argv, "minibench", ENV_VAR, BuildParams(), QUICK, render_configs)
+    if parsed is None:
         return 0
-    overrides = dict(QUICK) if args.quick else {}
-    for name in BuildParams.__dataclass_fields__:
-        v = getattr(args, name)
-        if v is not None:
-            overrides[name] = v
-    params = replace(defaults, **overrides)
+    args, params = parsed
     m = build(args.root, params, force=args.force, progress=not args.no_progress)
     print(f"{'model':<20} {'group':<10} {'own test acc':>12} {'pretrained':>10}")
     for name, info in m["models"].items():

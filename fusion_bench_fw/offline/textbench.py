@@ -29,7 +29,6 @@ Each model is cached under a key of everything it depends on (the data included)
 
 from __future__ import annotations
 
-import argparse
 import glob
 import hashlib
 import json
@@ -40,11 +39,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 from fusion_bench_fw import PRETRAINED
 
-from .minibench import _digest, _key_matches, _write_key, task_vector_diagnostics
+from . import minibench
+from .minibench import _digest, _key_matches, _write_key, builder_cli, task_vector_diagnostics
 
 ENV_VAR = "FUSION_BENCH_FW_TEXTBENCH_ROOT"
 FORTUNES_ENV, FORTUNES_DEFAULT = "FORTUNES_DIR", "/usr/share/games/fortunes"
@@ -515,11 +515,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
 
 
 def read_manifest(root: str | None = None) -> dict | None:
-    try:
-        with open(os.path.join(root or default_root(), "manifest.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
+    return minibench.read_manifest(root or default_root())
 
 
 # --------------------------------------------------------------------------------------------
@@ -585,43 +581,13 @@ def render_configs() -> dict[str, str]:
     return out
 
 
-def write_configs(config_dir: str) -> list[str]:
-    written = []
-    for rel, text in render_configs().items():
-        path = os.path.join(config_dir, rel)
-        with open(path, "w") as f:
-            f.write(text)
-        written.append(path)
-    return written
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    defaults = BuildParams()
-    parser = argparse.ArgumentParser(prog="python -m fusion_bench_fw.offline.textbench")
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or reuse) the text benchmark")
-    b.add_argument(
-        "--root", default=None, help=f"output folder (default ${ENV_VAR} or ~/.cache/fusion_bench_fw/textbench)"
-    )
-    b.add_argument("--quick", action="store_true", help="small splits and few steps (tests, CI)")
-    b.add_argument("--force", action="store_true", help="rebuild every model")
-    b.add_argument("--no-progress", action="store_true")
-    for f in BuildParams.__dataclass_fields__.values():
-        b.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)), default=None)
-    c = sub.add_parser("configs", help="(re)write the text_* plugin configs")
-    c.add_argument(
-        "--out",
-        default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config"),
-    )
-    args = parser.parse_args(argv)
-    if args.command == "configs":
-        for path in write_configs(args.out):
-            print(path)
+    parsed = builder_cli(argv, "textbench", ENV_VAR, BuildParams(), QUICK, render_configs)
+    if parsed is None:
         return 0
-    overrides = dict(QUICK) if args.quick else {}
-    overrides.update({n: getattr(args, n) for n in BuildParams.__dataclass_fields__ if getattr(args, n) is not None})
+    args, params = parsed
     try:
-        m = build(args.root, replace(defaults, **overrides), force=args.force, progress=not args.no_progress)
+        m = build(args.root, params, force=args.force, progress=not args.no_progress)
     except MissingData as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
