@@ -107,9 +107,14 @@ ALL_METHODS = (
 
 
 # the rows that run on a text pool (backbones handed out, each task's own head): FusionBench's CLIP-only
-# methods (RegMean for CLIP, AdaMerging, Surgery) and its in-tree FW (CLIP and CUDA) are left out
-CLIP_ONLY = {"regmean", "regmean_plusplus", "adamerging_task_wise", "adamerging_layer_wise", "surgery"}
-TEXT_METHODS = tuple(m for m in ALL_METHODS if m not in CLIP_ONLY and not m.startswith("fusionbench_fw"))
+# methods (AdaMerging, Surgery, RegMean++) and its in-tree FW (CLIP and CUDA) are left out; RegMean runs
+# as FusionBench's GPT-2 RegMean on the backbone's linear layers (regmean_text)
+CLIP_ONLY = {"regmean_plusplus", "adamerging_task_wise", "adamerging_layer_wise", "surgery"}
+TEXT_METHODS = tuple(
+    "regmean_text" if m == "regmean" else m
+    for m in ALL_METHODS
+    if m not in CLIP_ONLY and not m.startswith("fusionbench_fw")
+)
 
 
 def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> list[str]:
@@ -137,6 +142,11 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "regmean": ["method=regmean/clip_regmean", "method.dataloader_kwargs.num_workers=0"],
         # FusionBench 0.2.33's class cannot be constructed (see fusion_bench_fw.fusionbench.upstream_fixes);
         # once constructed, its layer-by-layer forward still fails under transformers 5.5 (UPSTREAM_FAILURES)
+        "regmean_text": [
+            "method=regmean/gpt2_regmean",
+            "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanForSequenceClassification",
+            "method.weight_transpose=true",
+        ],
         "regmean_plusplus": [
             "method=regmean_plusplus/clip_regmean_plusplus",
             "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanPlusPlusForCLIP",
@@ -328,7 +338,13 @@ def main(argv=None) -> int:
         "--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)"
     )
     p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
-    p.add_argument("--methods", nargs="+", default=None, choices=ALL_METHODS, help="default: every row of the pool")
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=ALL_METHODS + ("regmean_text",),
+        help="default: every row of the pool",
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
