@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fusion_bench_fw.offline import cli
 from fusion_bench_fw.offline.cli import cli_args, report_accuracies
+from fusion_bench_fw.offline.cli import hydra_quote as quote  # noqa: F401 (the scripts' name for it)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -109,11 +110,6 @@ def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, sec
         elif result.average is None:
             result.average = sum(acc.values()) / len(acc)
     return result
-
-
-def quote(value: str) -> str:
-    """A Hydra override value that is a plain string whatever it contains."""
-    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def drop_models(

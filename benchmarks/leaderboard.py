@@ -252,13 +252,36 @@ def run_leaderboard(
         rows.append(
             dict(method=name, status=r.status, accuracy=r.accuracy, average=r.average, seconds=r.seconds, error=r.error)
         )
+    normalise(rows, tasks)
+    return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
+
+
+def normalise(rows: list[dict], tasks: list[str]) -> None:
+    """Each row's normalised accuracy: merged / individual fine-tuned, averaged over tasks."""
     ind = next((r for r in rows if r["method"] == "individual" and r["status"] == "ok"), None)
-    for r in rows:  # normalised accuracy: merged / individual fine-tuned, averaged over tasks
+    for r in rows:
         if ind and r["status"] == "ok" and all(t in r["accuracy"] for t in tasks):
             r["normalized"] = sum(r["accuracy"][t] / ind["accuracy"][t] for t in tasks) / len(tasks)
         else:
             r["normalized"] = None
-    return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
+
+
+def update(previous: dict, result: dict) -> dict:
+    """``previous`` (a leaderboard.json of the same pools and tasks) with ``result``'s rows put in
+    place of (or beside) its rows of the same methods; the rerun methods are listed in ``rerun``."""
+    if (previous["modelpool"], previous["taskpool"], previous["tasks"]) != (
+        result["modelpool"],
+        result["taskpool"],
+        result["tasks"],
+    ):
+        raise SystemExit("--update: the previous leaderboard.json is of other pools or tasks; use another --out")
+    new = {r["method"]: r for r in result["rows"]}
+    rows = [new.pop(r["method"], r) for r in previous["rows"]] + list(new.values())
+    order = {m: i for i, m in enumerate(ALL_METHODS)}
+    rows.sort(key=lambda r: order.get(r["method"], len(order)))
+    normalise(rows, result["tasks"])
+    rerun = sorted(set(previous.get("rerun", [])) | {r["method"] for r in result["rows"]})
+    return dict(previous, rows=rows, rerun=rerun, rerun_settings=result["settings"])
 
 
 def to_markdown(result: dict) -> str:
@@ -346,6 +369,11 @@ def main(argv=None) -> int:
         help="default: every row of the pool",
     )
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="rerun only --methods and put their rows into the leaderboard.json already in --out",
+    )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
     settings = resolve_settings(args, TEXT_FULL if args.pool in TEXT_POOLS and not args.hub else FULL, QUICK)
@@ -394,11 +422,20 @@ def main(argv=None) -> int:
         args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse, clip=not text
     )
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    if args.update and (args.out / "leaderboard.json").is_file():
+        result = update(json.loads((args.out / "leaderboard.json").read_text()), result)
     md = to_markdown(result)
     (args.out / "leaderboard.md").write_text(
         f"# Leaderboard: modelpool={pools[0]} taskpool={pools[1]}\n\nAccuracy (%) per task, average, "
         f"normalised accuracy (merged / individual, %), wall time of the fusion_bench run (s).\n"
-        f"Settings: {json.dumps(settings)}\n\n" + md
+        f"Settings: {json.dumps(result['settings'])}\n"
+        + (
+            f"Rerun later with the settings {json.dumps(result['rerun_settings'])}: {', '.join(result['rerun'])}\n"
+            if result.get("rerun")
+            else ""
+        )
+        + "\n"
+        + md
     )
     (args.out / "leaderboard.json").write_text(json.dumps(result, indent=1))
     try:

@@ -8,6 +8,9 @@
   and FW's data from, all 8 tasks (the paper grows a pool towards the evaluated task set too).
 * ``noisy``: the 4 target models plus 0/4/8/12/16 noise-trained models (random labels).
 
+``--pool mini_TALL20`` runs the authors' protocol on the mini benchmark's 20 real tasks instead
+(as ``--hub TA20``; no synthetic models, so no ``noisy`` experiment).
+
 Pools are subsets of ``modelpool=mini_all``, selected with ``~modelpool.models.NAME`` overrides.
 ``--pool text`` runs the irrelevant experiment on the offline text benchmark instead
 (``modelpool=text_all``: the 4 MiniLM target models plus 0..5 models fine-tuned on other text
@@ -186,7 +189,14 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_scaling"))
     p.add_argument("--root", default=None)
     p.add_argument("--hub", choices=["TA20"], default=None, help="FusionBench's ViT-B/32 TA20 pool (hub + GPU)")
-    p.add_argument("--pool", choices=["mini", "text"], default="mini", help="mini benchmark (vision) or text benchmark")
+    p.add_argument(
+        "--pool",
+        choices=["mini_all", "mini_TALL20", "text"],
+        default="mini_all",
+        help="mini_all: 4 targets plus synthetic irrelevant/relevant/noisy models; mini_TALL20: the authors' "
+        "protocol on the 20 real tasks (as --hub TA20: the other tasks' models are the irrelevant ones); "
+        "text: the text benchmark's 4 MiniLM targets plus models fine-tuned on other text tasks",
+    )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument("--counts", nargs="+", type=int, default=None, help="default 0 4 8 12 16 (text: 0 1 2 3 4 5)")
@@ -204,7 +214,15 @@ def main(argv=None) -> int:
     if args.counts is None:
         args.counts = [0, 1, 2, 3, 4, 5] if args.pool == "text" else [0, 4, 8, 12, 16]
     if args.hub:
-        results = run_hub(args, settings)
+        results = run_task_pool(args, settings, ("clip-vit-b32_TA20", "clip-vit-b32_TA20"), HUB_TASKS["TA20"])
+    elif args.pool == "mini_TALL20":
+        from fusion_bench_fw.offline import minibench
+
+        params = minibench.BuildParams(scope="tall20", **(minibench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = minibench.build(args.root, params)
+        env = {minibench.ENV_VAR: manifest["root"]}
+        pools = ("mini_TALL20", "mini_TALL20")
+        results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True)
     elif args.pool == "text":
         from fusion_bench_fw.offline import textbench
 
@@ -246,33 +264,46 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_hub(args, settings) -> dict:
-    """The real protocol on FusionBench's ViT-B/32 TA20 pool: targets = the first 4 tasks; the
-    "irrelevant" models added are the other 16 tasks' models (evaluated on the 4 targets), the
-    "relevant" experiment grows the pool towards all 20 tasks (evaluated on all 20)."""
-    tasks = HUB_TASKS["TA20"]
+def run_task_pool(args, settings, pools: tuple[str, str], tasks: list[str], env=None, mini: bool = False) -> dict:
+    """The authors' protocol on a 20-task pool: targets = the first 4 tasks; the "irrelevant"
+    models added are the other 16 tasks' models (evaluated on the 4 targets), the "relevant"
+    experiment grows the pool towards all 20 tasks (evaluated on all its tasks). ``pools``:
+    FusionBench's ViT-B/32 TA20 (hub) or the mini benchmark's mini_TALL20 (``mini``)."""
     targets = tasks[:4]
     counts = [c for c in args.counts if c <= 16]
-    results = {"settings": settings, "counts": counts, "methods": list(args.methods), "experiments": {}}
+    results = {
+        "settings": settings,
+        "counts": counts,
+        "methods": list(args.methods),
+        "experiments": {},
+        "pool": pools[0],
+    }
     for exp in [e for e in args.experiments if e in ("irrelevant", "relevant")]:
         rows = []
+        print(f"[{exp}]", flush=True)
         for c in counts:
             members = targets + tasks[4 : 4 + c]
             eval_tasks = targets if exp == "irrelevant" else members
             drop = [t for t in tasks if t not in members]
             drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
+            if mini:
+                dropped = drop_models(drop, keep_clip_tasks=eval_tasks)
+            else:
+                dropped = [f"~modelpool.models.{d}" for d in drop]
+            dropped += [f"~modelpool.train_datasets.{d}" for d in drop if d not in eval_tasks]
             for m in args.methods:
                 r = run_fusion_bench(
                     f"{exp}+{c} {m}",
                     [
-                        "modelpool=clip-vit-b32_TA20",
-                        "taskpool=clip-vit-b32_TA20",
-                        *[f"~modelpool.models.{d}" for d in drop],
-                        *[f"~modelpool.train_datasets.{d}" for d in drop if d not in eval_tasks],
+                        f"modelpool={pools[0]}",
+                        f"taskpool={pools[1]}",
+                        *dropped,
                         *drop_eval,
                         *method_args(m, settings, eval_tasks),
+                        *(["fabric.accelerator=cpu"] if mini else []),
                     ],
                     args.out / "runs" / f"{exp}_{c:02d}_{m}",
+                    env=env,
                     threads=args.threads,
                     reuse=args.reuse,
                 )

@@ -17,6 +17,7 @@ from .steps import check_step_rule
 
 SOFT_SELECTS = ("topk", "per_task")
 SOFT_CONSTRAINTS = ("capped_simplex", "simplex_selected", "box", "none")
+INNER_LOSSES = ("ce_train", "entropy_test")
 INNER_OPTIMIZERS = ("adam", "sgd")
 TRIM_SCOPES = ("per_tensor", "global")
 
@@ -148,7 +149,16 @@ class SoftConfig(FrankWolfeConfig):
         inner_steps: projected gradient steps on lambda per iteration.
         inner_lr: their learning rate.
         inner_optimizer: ``adam`` or ``sgd``.
-        inner_init: the starting lambda; null: 1/(k+1) (1/k on ``simplex_selected``).
+        inner_init: the starting lambda of the first iteration; null: 1/(k+1) (1/k on
+            ``simplex_selected``). The authors' 0.3 with k = N and ``none`` starts at Task Arithmetic(0.3).
+        inner_init_later: the starting lambda of every later iteration (the authors' ``ada_coeff``,
+            1e-2); null: as ``inner_init``.
+        inner_loss: what the inner search minimises: ``ce_train`` (the outer objective: labelled
+            cross-entropy on the fixed samples, the paper's text) or ``entropy_test`` (entropy of the
+            merged model's predictions on fresh unlabelled test batches of the targets, AdaMerging-style:
+            the authors' published runs; test-time adaptation). A deterministic inner loss keeps the best
+            lambda seen (never worse than staying put); a stochastic one keeps the last, as AdaMerging does.
+        inner_batch_size: ``entropy_test``: unlabelled test images per target task per inner step.
     """
 
     variant: ClassVar[str] = "soft"
@@ -163,6 +173,9 @@ class SoftConfig(FrankWolfeConfig):
     inner_lr: float = 0.01
     inner_optimizer: str = "adam"
     inner_init: float | None = None
+    inner_init_later: float | None = None
+    inner_loss: str = "ce_train"
+    inner_batch_size: int = 16
 
     def check(self) -> None:
         super().check()
@@ -175,8 +188,20 @@ class SoftConfig(FrankWolfeConfig):
         check_choice("inner_optimizer", self.inner_optimizer, INNER_OPTIMIZERS)
         if not self.inner_lr > 0:
             raise ValueError(f"inner_lr must be positive, got {self.inner_lr!r}")
-        if self.inner_init is not None and not 0 <= self.inner_init <= 1:
-            raise ValueError(f"inner_init must be in [0, 1] or null, got {self.inner_init!r}")
+        for name in ("inner_init", "inner_init_later"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1] or null, got {value!r}")
+        check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
+        check_positive_int("inner_batch_size", self.inner_batch_size)
+
+    def inner_start(self, t: int, k: int) -> float:
+        """The inner search's starting lambda at iteration ``t`` with ``k`` selected vertices."""
+        if t > 0 and self.inner_init_later is not None:
+            return self.inner_init_later
+        if self.inner_init is not None:
+            return self.inner_init
+        return 1.0 / k if self.soft_constraint == "simplex_selected" else 1.0 / (k + 1)
 
 
 CONFIGS: dict[str, type[FrankWolfeConfig]] = {"hard": HardConfig, "soft": SoftConfig}

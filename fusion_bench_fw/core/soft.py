@@ -89,11 +89,13 @@ def soft_step(
     config: SoftConfig,
     alpha,
     loss_here,
+    t: int = 0,
 ):
-    """Search lambda for the ``chosen`` vertices (k x blocks), then move theta (in place) and its
-    coefficients ``alpha`` to the best point seen. Returns the search's summary for the history."""
+    """Search lambda for the ``chosen`` vertices (k x blocks) on ``objective`` (the outer one, or
+    the inner loss the config names), then move theta (in place) and its coefficients ``alpha``.
+    Returns the search's summary for the history."""
     selection = Selection.gather(vertices, blocks, chosen, theta, config.coef_granularity)
-    best_loss, best_lam, trace = inner_search(objective, theta, selection, config, loss_here)
+    best_loss, best_lam, trace = inner_search(objective, theta, selection, config, loss_here, t)
     move(theta, alpha, vertices, selection, best_lam)
     return {
         "loss_start": loss_here,
@@ -104,20 +106,25 @@ def soft_step(
     }
 
 
-def inner_search(objective: Objective, theta, selection: Selection, config: SoftConfig, loss_here: float):
-    """Projected gradient on lambda; returns (best loss, best lambda, losses along the way).
+def inner_search(
+    objective: Objective, theta, selection: Selection, config: SoftConfig, loss_here: float | None, t: int = 0
+):
+    """Projected gradient on lambda; returns (kept loss, kept lambda, losses along the way).
 
-    Staying put (lambda = 0) is feasible, and so the best so far, for every constraint but
-    ``simplex_selected``: FW-soft never makes the objective worse."""
+    On a deterministic objective the best lambda seen is kept: staying put (lambda = 0,
+    ``loss_here``) is feasible, and so the best so far, for every constraint but
+    ``simplex_selected``, and FW-soft never makes the objective worse. On a stochastic one
+    (``objective.stochastic``: fresh batches every call, losses not comparable) the last is kept."""
     project = PROJECTIONS[config.soft_constraint]
     k = selection.k
-    init = config.inner_init if config.inner_init is not None else 1.0 / (k + 1)
-    if config.soft_constraint == "simplex_selected" and config.inner_init is None:
-        init = 1.0 / k
-    lam = project(torch.full((k, selection.n_columns), float(init), dtype=torch.float64))
+    lam = project(torch.full((k, selection.n_columns), float(config.inner_start(t, k)), dtype=torch.float64))
     lam.requires_grad_(True)
     optimiser = torch.optim.Adam if config.inner_optimizer == "adam" else torch.optim.SGD
     optimiser = optimiser([lam], lr=config.inner_lr)
+    if getattr(objective, "stochastic", False):
+        return _last(objective, theta, selection, project, lam, optimiser, config.inner_steps)
+    if loss_here is None:  # an inner objective other than the outer one
+        loss_here = objective.loss(theta)
     best_loss, best_lam = (
         (loss_here, torch.zeros_like(lam.detach()))
         if config.soft_constraint != "simplex_selected"
@@ -140,6 +147,22 @@ def inner_search(objective: Objective, theta, selection: Selection, config: Soft
     if final_loss < best_loss or best_lam is None:
         best_loss, best_lam = final_loss, lam.detach().clone()
     return best_loss, best_lam, trace
+
+
+def _last(objective: Objective, theta, selection: Selection, project, lam: Tensor, optimiser, steps: int):
+    """``steps`` projected steps on a stochastic objective; the last lambda is kept (its loss:
+    the mean of the last 10 steps' batches, for the history)."""
+    trace = []
+    for _ in range(steps):
+        lg = objective.loss_and_grad(selection.combine(theta, lam))
+        trace.append(lg.loss)
+        optimiser.zero_grad()
+        lam.grad = selection.gradient(lg.grads[0], lam.shape).cpu()
+        optimiser.step()
+        with torch.no_grad():
+            lam.copy_(project(lam))
+    tail = trace[-10:]
+    return (sum(tail) / len(tail) if tail else float("nan")), lam.detach().clone(), trace
 
 
 def move(theta, alpha: Tensor, vertices: Vertices, selection: Selection, lam: Tensor) -> None:

@@ -57,6 +57,7 @@ def frank_wolfe(
     checkpoint_path: str | None = None,
     resume: bool = False,
     communicator: Communicator = SINGLE_PROCESS,
+    inner_objective: Objective | None = None,
 ) -> FrankWolfeResult:
     """Run ``config``'s variant on ``plan`` (:func:`~.vertices.plan_vertices`) and return the
     merged tensors, the history and the coefficients alpha (None once TIES left the hull).
@@ -66,8 +67,13 @@ def frank_wolfe(
     a run restarts from that file and ends exactly as an uninterrupted run. With a
     multi-process ``communicator`` the LMO pass is sharded over ranks (the objective shards
     its own batches); every rank resumes from the same ``checkpoint_path``, rank 0 writes it.
+    FW-soft's inner search runs on ``inner_objective`` (required by ``inner_loss=entropy_test``;
+    a stochastic one makes a resumed run differ from an uninterrupted one) or on ``objective``.
     """
+    if config.variant == "soft" and config.inner_loss != "ce_train" and inner_objective is None:
+        raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
     run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed)
+    run.inner_objective = inner_objective or objective
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
     bar = tqdm(
         range(first, config.max_iters),
@@ -102,11 +108,15 @@ class _Run:
     def __init__(self, objective, store, plan: VertexPlan, config, device, dtype, comm: Communicator, seed):
         _check_plan(plan, store, objective)
         self.objective, self.config, self.device, self.dtype, self.comm = objective, config, device, dtype, comm
+        self.inner_objective = objective
         self.keys, basis = list(store.keys), list(store.names)
         self.blocks = Blocks.build(self.keys, config.granularity)
         self.alpha = torch.zeros(len(basis), len(self.keys), dtype=torch.float64)
-        for name, c in plan.start.items():
-            self.alpha[basis.index(name)] = float(c)
+        for name, c in plan.start.items():  # one coefficient per checkpoint, or one per tensor
+            row = torch.as_tensor(c, dtype=torch.float64)
+            if row.dim() == 1 and row.numel() != len(self.keys):
+                raise ValueError(f"start coefficients of {name!r}: {row.numel()} values for {len(self.keys)} tensors")
+            self.alpha[basis.index(name)] = row
         self.theta = materialise(store, self.alpha, self.keys, device, dtype)
         self.vertices = Vertices(plan, store, self.theta, self.alpha)
         self.k = plan.k
@@ -182,7 +192,15 @@ class _Run:
         else:
             chosen = select_per_task(scores[1:]) if self.per_task else select_topk(scores[0], self.k)
             record.inner = soft_step(
-                self.objective, self.theta, self.vertices, self.blocks, chosen, self.config, self.alpha, record.loss
+                self.inner_objective,
+                self.theta,
+                self.vertices,
+                self.blocks,
+                chosen,
+                self.config,
+                self.alpha,
+                record.loss if self.inner_objective is self.objective else None,
+                t,
             )
         record.selected = _describe_selection(self.vertices.names, chosen, self.blocks)
         record.chosen = chosen.tolist()

@@ -17,13 +17,13 @@ from .config import FrankWolfeConfig
 from .stores import VertexStore
 
 INIT_VERTEX = "__init__"  # the starting point as a vertex (a combination, not a stored checkpoint)
-INITS = ("pretrained", "task_arithmetic", "file")
+INITS = ("pretrained", "task_arithmetic", "file", "merging_weights")
 INIT_MODELS = ("all", "targets")
 
 
-def single_checkpoint(coefficients: Mapping[str, float]) -> str | None:
+def single_checkpoint(coefficients: Mapping[str, float | Sequence[float]]) -> str | None:
     """The checkpoint a combination is, when it has one non-zero term (else None)."""
-    support = [n for n, c in coefficients.items() if c != 0]
+    support = [n for n, c in coefficients.items() if any(x != 0 for x in _per_tensor(c))]
     return support[0] if len(support) == 1 else None
 
 
@@ -59,11 +59,16 @@ def start_coefficients(
     return {pretrained: 1.0 - lam * len(chosen), **{m: lam for m in chosen}}
 
 
+def _per_tensor(c) -> list[float]:
+    return [float(x) for x in c] if isinstance(c, Sequence) else [float(c)]
+
+
 @dataclass(frozen=True)
 class VertexPlan:
     """A run's vertices, by name.
 
-    ``start``: theta_0 as coefficients over stored checkpoints. ``vertices``: the LMO's
+    ``start``: theta_0 as coefficients over stored checkpoints, one number per checkpoint or
+    one per tensor (a layer-wise start, as AdaMerging's merging weights give). ``vertices``: the LMO's
     vertices in order (the candidates, then the pretrained checkpoint and the init point
     when the config adds them). ``anchor``: a point scored for the gap but never selected
     (the start, when it is not a vertex), or None. ``k``: how many vertices FW-soft selects
@@ -71,7 +76,7 @@ class VertexPlan:
     """
 
     candidates: list[str]
-    start: dict[str, float]
+    start: dict[str, float | list[float]]
     vertices: list[str]
     anchor: str | None
     k: int | None

@@ -28,7 +28,7 @@ from fusion_bench_fw.core.vertices import plan_vertices
 
 from . import observe
 from .distributed import fabric_communicator
-from .objectives import build_objective, pool_kind
+from .objectives import build_inner_objective, build_objective, pool_kind
 from .objectives.sampling import Sampling, load_train_sets
 from .options import AUTOCAST_DTYPES, args_docstring, split_options
 from .pool_store import build_store
@@ -63,7 +63,9 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         shapes = {n: tuple(p.shape) for n, p in template.named_parameters() if p.is_floating_point()}
         train_sets = load_train_sets(modelpool, targets)
         pool = check_pool(modelpool, template, shapes, train_sets, opts, paths.cache_dir)
-        plan = plan_vertices(pool.candidates, opts.start(pool.candidates, targets), config, len(targets), PRETRAINED)
+        plan = plan_vertices(
+            pool.candidates, opts.start(pool.candidates, targets, list(shapes)), config, len(targets), PRETRAINED
+        )
         store = build_store(modelpool, plan.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file)
         template = template.to(self.fabric.device).eval()
         sampling = Sampling(opts.n_per_task, opts.batch_size, opts.seed)
@@ -77,14 +79,19 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             task_weighting=opts.task_weighting,
             autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
         )
-        result = self._solve(objective, store, plan, paths)
+        inner = None
+        if getattr(config, "inner_loss", "ce_train") != "ce_train":
+            inner = build_inner_objective(
+                kind, modelpool, template, targets, fabric=self.fabric, batch_size=config.inner_batch_size
+            )
+        result = self._solve(objective, store, plan, paths, inner)
         result.history.extra.update(
             {"targets": targets, "n_per_task": opts.n_per_task, "init": opts.init, "world_size": self.fabric.world_size}
         )
         self.save_history(result.history, paths.history)
         return assemble(template, result.params)
 
-    def _solve(self, objective, store, plan, paths: OutputPaths) -> FrankWolfeResult:
+    def _solve(self, objective, store, plan, paths: OutputPaths, inner_objective=None) -> FrankWolfeResult:
         opts = self.options
         if opts.resume and not os.path.exists(paths.checkpoint):
             log.warning("resume=true but no checkpoint at %s: starting from scratch", paths.checkpoint)
@@ -105,6 +112,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             checkpoint_path=paths.checkpoint,  # every rank resumes from it; the core writes it on rank 0
             resume=opts.resume,
             communicator=fabric_communicator(self.fabric),
+            inner_objective=inner_objective,
         )
 
     def on_iteration(self, record: IterationRecord, history: RunHistory, history_path: str) -> None:

@@ -59,10 +59,13 @@ class RunOptions:
             (with a warning) instead of failing.
         on_incompatible: ``error`` or ``skip`` (drop, with a warning, candidates whose tensor
             names or shapes differ from the pretrained model's).
-        init: the start point: ``pretrained``, ``task_arithmetic`` or ``file``.
+        init: the start point: ``pretrained``, ``task_arithmetic``, ``file`` (a merged model, e.g.
+            FusionBench AdaMerging's, saved with ``merged_model_save_path``) or ``merging_weights``
+            (AdaMerging's ``save_merging_weights`` file: models x tensors, or models, over this pool).
         init_scaling: the task-arithmetic scale lambda of ``init=task_arithmetic``.
         init_models: the models in the task-arithmetic start: ``all``, ``targets`` or a list of names.
-        init_path: for ``init=file``: a .safetensors file or torch state dict of the start point.
+        init_path: ``init=file``: a .safetensors file, a torch state dict or a ``save_pretrained``
+            folder of the start point; ``init=merging_weights``: the weights file (.pt or .np).
         store: where candidates are read from: ``auto`` (memory-map local safetensors, keep LoRA
             adapters as factors over their base model, spill the others once to a safetensors
             cache), ``safetensors`` (the same with every candidate as full weights) or ``memory``.
@@ -99,16 +102,24 @@ class RunOptions:
         check_positive_int("batch_size", self.batch_size)
         check_choice("on_incompatible", self.on_incompatible, ON_INCOMPATIBLE)
         check_choice("init", self.init, INITS)
-        if self.init == "file" and not self.init_path:
-            raise ValueError("init=file needs method.init_path (a .safetensors or torch state dict)")
+        if self.init in ("file", "merging_weights") and not self.init_path:
+            raise ValueError(
+                f"init={self.init} needs method.init_path (a merged model file or folder for init=file; "
+                "AdaMerging's merging-weights file for init=merging_weights)"
+            )
         if isinstance(self.init_models, str):
             check_choice("init_models", self.init_models, INIT_MODELS)
         check_choice("store", self.store, STORE_MODES)
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {self.autocast!r}; use null, bf16 or fp16")
 
-    def start(self, candidates, targets) -> dict[str, float]:
-        """theta_0 over the stored checkpoints (the pool's pretrained model, the candidates, INIT_FILE)."""
+    def start(self, candidates, targets, keys) -> dict[str, float | list[float]]:
+        """theta_0 over the stored checkpoints (the pool's pretrained model, the candidates, INIT_FILE);
+        ``keys``: the merged tensors, in the order of the model's parameters."""
+        if self.init == "merging_weights":
+            from .pool_store import merging_weights_start
+
+            return merging_weights_start(self.init_path, candidates, keys, PRETRAINED)
         return start_coefficients(
             self.init,
             candidates,

@@ -12,6 +12,7 @@ an explicit init file) are held in memory next to them: :func:`build_store`.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import logging
 import os
@@ -257,10 +258,20 @@ def warn_on_far_models(distances: Mapping[str, float], pretrained: str = PRETRAI
 
 
 def load_init_file(path: str, keys: Sequence[str]) -> dict[str, Tensor]:
-    """The start point of ``init=file``: a .safetensors file or a torch state dict holding ``keys``."""
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
+    """The start point of ``init=file``: a .safetensors file, a torch state dict, or a
+    ``save_pretrained`` folder (FusionBench's ``merged_model_save_path`` of a CLIP pool) holding ``keys``."""
+    from safetensors.torch import load_file
 
+    if os.path.isdir(path):
+        shards = sorted(glob.glob(os.path.join(path, "*.safetensors"))) or sorted(
+            glob.glob(os.path.join(path, "pytorch_model*.bin"))
+        )
+        if not shards:
+            raise ValueError(f"init_path {path!r} is a folder without *.safetensors or pytorch_model*.bin weights")
+        state = {}
+        for shard in shards:
+            state.update(load_file(shard) if shard.endswith(".safetensors") else torch.load(shard, map_location="cpu"))
+    elif path.endswith(".safetensors"):
         state = load_file(path)
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -268,6 +279,31 @@ def load_init_file(path: str, keys: Sequence[str]) -> dict[str, Tensor]:
     if missing:
         raise ValueError(f"init_path {path!r} lacks tensor {missing[0]!r} ({len(missing)} missing)")
     return {k: state[k].float() for k in keys}
+
+
+def merging_weights_start(
+    path: str, candidates: Sequence[str], keys: Sequence[str], pretrained: str
+) -> dict[str, list[float]]:
+    """theta_0 from FusionBench AdaMerging's saved merging weights (``save_merging_weights``):
+    pretrained + sum_i w[i, p] * tau_i,p, with one row per pool model (in the pool's order) and
+    one column per merged tensor (layer-wise; in parameter order) or none (task-wise)."""
+    from fusion_bench.utils import load_tensor_from_file
+
+    if not os.path.exists(path):
+        raise ValueError(f"init_path {path!r}: no such merging-weights file (AdaMerging's save_merging_weights)")
+    weights = torch.as_tensor(load_tensor_from_file(path), dtype=torch.float64).detach()
+    if weights.dim() == 1:
+        weights = weights[:, None].expand(-1, len(keys))
+    if weights.dim() != 2 or weights.shape != (len(candidates), len(keys)):
+        raise ValueError(
+            f"init_path {path!r}: merging weights of shape {tuple(weights.shape)}, but this pool has "
+            f"{len(candidates)} models and {len(keys)} merged tensors: expected ({len(candidates)}, {len(keys)}) "
+            f"or ({len(candidates)},); run AdaMerging on the same pool (same models, same order)"
+        )
+    if not torch.isfinite(weights).all():
+        raise ValueError(f"init_path {path!r}: the merging weights hold NaN or Inf")
+    start = {name: weights[i].tolist() for i, name in enumerate(candidates)}
+    return {pretrained: (1.0 - weights.sum(dim=0)).tolist(), **start}
 
 
 def build_store(

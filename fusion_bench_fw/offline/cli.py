@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +62,21 @@ def cli_args(args: Iterable, out_dir: os.PathLike) -> list[str]:
     if any(flag in args for flag in INFO_FLAGS):
         return args
     out_dir = Path(out_dir)
-    return [*args, f"path.output_dir={out_dir / 'outputs'}", f"path.log_dir={out_dir / 'log'}"]
+    return [*args, f"path.output_dir={hydra_path(out_dir / 'outputs')}", f"path.log_dir={hydra_path(out_dir / 'log')}"]
+
+
+def hydra_path(path: os.PathLike) -> str:
+    """A path as a Hydra override value: as is, or quoted when it holds characters that Hydra's
+    override grammar reads (a comma would make it a list)."""
+    text = str(path)
+    return hydra_quote(text) if re.search(r"[,\s'\"\[\]{}()=\\$*?:]", text) else text
+
+
+def hydra_quote(value) -> str:
+    """A Hydra override value that is a plain string whatever it contains (in Hydra's quoted
+    strings a backslash is an escape only before a quote or at the end)."""
+    text = re.sub(r'(\\+)(?="|$)', lambda m: m.group(1) * 2, str(value))
+    return '"' + text.replace('"', '\\"') + '"'
 
 
 def report_accuracies(report) -> dict[str, float]:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from composed import method_config, run_method
 from toy import QuadraticObjective, random_pool
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # one thread: sums in one order
@@ -133,34 +134,9 @@ def run_toy(options: dict):
     return result.params, result.history.to_dict()
 
 
-def method_config(overrides):
-    """The ``method`` node as ``fusion_bench <overrides>`` composes it (tiny CLIP pool)."""
-    from hydra import compose, initialize_config_dir
-
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        return compose("fabric_model_fusion", overrides=["modelpool=fw_tiny_clip", "taskpool=dummy", *overrides])
-
-
 def run_clip(overrides, out: Path):
-    import lightning as L
-    from fusion_bench.utils import instantiate
-
-    cfg = method_config(
-        [
-            *overrides,
-            *CLIP_FAST,
-            f"method.history_path={out / 'fw_history.json'}",
-            f"method.checkpoint_path={out / 'fw_checkpoint.safetensors'}",
-            f"method.cache_dir={out / 'vertex_cache'}",
-        ]
-    )
-    modelpool = instantiate(cfg.modelpool)
-    algorithm = instantiate(cfg.method)
-    algorithm.fabric = L.Fabric(accelerator="cpu", devices=1)
-    merged = algorithm.run(modelpool)
-    return dict(merged.state_dict()), algorithm.history.to_dict()
+    params, history, _ = run_method([*overrides, *CLIP_FAST], out)
+    return params, history
 
 
 def python_defaults(cls) -> dict:

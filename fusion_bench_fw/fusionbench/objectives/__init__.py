@@ -90,6 +90,20 @@ def build_objective(
     )
 
 
+def build_inner_objective(kind: str, modelpool, template: nn.Module, targets, *, fabric, batch_size: int):
+    """FW-soft's ``inner_loss=entropy_test`` objective (:class:`.clip.TestEntropyObjective`): CLIP pools only."""
+    if kind != "clip":
+        raise ValueError(
+            f"inner_loss=entropy_test (AdaMerging-style test-time entropy) needs a CLIP vision pool; this pool is "
+            f"{kind}: use method.inner_loss=ce_train"
+        )
+    from .clip import TestEntropyObjective, ZeroShotHeads
+
+    return TestEntropyObjective(
+        template, ZeroShotHeads(modelpool, fabric), targets, batch_size, fabric_communicator(fabric)
+    )
+
+
 def _to_device(inputs, device):
     """A batch's tensors on ``device``: a tuple (CLIP: images, labels) or a dict (token batches)."""
     if isinstance(inputs, dict):

@@ -69,3 +69,64 @@ def clip_batches_and_loss(
         {t: heads.zeroshot_weights[t] for t in targets}, heads.visual_projection, heads.logit_scale_exp
     )
     return batches, loss
+
+
+class TestEntropyObjective:
+    """AdaMerging's test-time objective, for FW-soft's ``inner_loss=entropy_test``: the entropy
+    of the merged tower's zero-shot predictions on a fresh shuffled batch of each target task's
+    unlabelled test split, summed over tasks (as FusionBench's AdaMerging does). The batches come
+    from FusionBench's own CLIP mixin loaders and the loss is its ``entropy_loss``. Every call
+    draws new batches, so losses of two calls are not comparable (``stochastic``)."""
+
+    stochastic = True
+
+    def __init__(self, module, heads: ZeroShotHeads, tasks, batch_size: int, communicator):
+        from fusion_bench.method.adamerging.entropy_loss import entropy_loss
+
+        heads.setup_zero_shot_classification_head(task_names=list(tasks))
+        self.module = module
+        self.task_names = list(tasks)
+        self.entropy = entropy_loss
+        self.logits = CLIPZeroShotLoss(
+            {t: heads.zeroshot_weights[t] for t in tasks}, heads.visual_projection, heads.logit_scale_exp
+        ).logits
+        self.loaders = {}
+        for task in tasks:
+            try:
+                self.loaders[task] = heads.get_shuffled_test_loader_iter(task, batch_size=batch_size, num_workers=0)
+            except Exception as exc:
+                raise ValueError(
+                    f"target task {task!r}: inner_loss=entropy_test needs its unlabelled test split, which the pool "
+                    f"cannot load ({type(exc).__name__}: {exc}); add it to modelpool.test_datasets or use "
+                    "method.inner_loss=ce_train"
+                ) from exc
+        self.comm = communicator
+
+    def _task_losses(self, params) -> dict[str, torch.Tensor]:
+        device = next(iter(params.values())).device
+        out = {}
+        for task in self.task_names:
+            images = next(self.loaders[task])[0].to(device)
+            out[task] = self.entropy(self.logits(self.module, params, images, task).float())
+        return out
+
+    def loss_and_grad(self, params, per_task: bool = False):
+        from fusion_bench_fw.core.objective import LossAndGrad
+
+        if per_task:
+            raise ValueError("the test-entropy objective only serves FW-soft's inner search (no per-task gradients)")
+        leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+        losses = self._task_losses(leaves)
+        total = sum(losses.values())
+        parts = torch.autograd.grad(total, list(leaves.values()), allow_unused=True)
+        grads = {k: (g if g is not None else torch.zeros_like(v)).float() for (k, v), g in zip(leaves.items(), parts)}
+        world = self.comm.world_size  # each rank drew its own batches: average over ranks
+        grads = {k: g / world for k, g in self.comm.sum_tensors(grads).items()}
+        values = [v / world for v in self.comm.sum_floats([float(v.detach()) for v in losses.values()], total.device)]
+        return LossAndGrad(sum(values), dict(zip(self.task_names, values)), [grads])
+
+    @torch.no_grad()
+    def loss(self, params) -> float:
+        device = next(iter(params.values())).device
+        values = self.comm.sum_floats([float(v) for v in self._task_losses(params).values()], device)
+        return sum(values) / self.comm.world_size

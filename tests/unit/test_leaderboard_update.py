@@ -1,0 +1,56 @@
+"""benchmarks/leaderboard.py --update: rerun rows replace their old rows, the others stay."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def leaderboard():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_leaderboard", BENCHMARKS / "leaderboard.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def row(method, accs, status="ok"):
+    return dict(method=method, status=status, accuracy=accs, average=sum(accs.values()) / len(accs), seconds=1.0)
+
+
+def board(rows, settings=None):
+    return dict(modelpool="p", taskpool="p", tasks=["a", "b"], settings=settings or {"x": 1}, rows=rows)
+
+
+def test_update_replaces_rerun_rows_and_keeps_the_rest(leaderboard):
+    old = board(
+        [
+            row("individual", {"a": 0.8, "b": 1.0}),
+            row("task_arithmetic", {"a": 0.4, "b": 0.5}),
+            row("fw_hard", {"a": 0.1, "b": 0.1}),
+        ]
+    )
+    new = board([row("fw_soft", {"a": 0.6, "b": 0.6}), row("fw_hard", {"a": 0.4, "b": 0.8})], {"x": 2})
+    merged = leaderboard.update(old, new)
+    assert [r["method"] for r in merged["rows"]] == ["individual", "task_arithmetic", "fw_hard", "fw_soft"]
+    fw_hard = merged["rows"][2]
+    assert fw_hard["accuracy"] == {"a": 0.4, "b": 0.8}
+    assert fw_hard["normalized"] == pytest.approx((0.4 / 0.8 + 0.8 / 1.0) / 2)
+    assert merged["rows"][1]["accuracy"] == {"a": 0.4, "b": 0.5}
+    assert merged["settings"] == {"x": 1} and merged["rerun_settings"] == {"x": 2}
+    assert merged["rerun"] == ["fw_hard", "fw_soft"]
+
+
+def test_update_refuses_another_pool(leaderboard):
+    other = dict(board([]), tasks=["a"])
+    with pytest.raises(SystemExit, match="other pools or tasks"):
+        leaderboard.update(board([]), other)
