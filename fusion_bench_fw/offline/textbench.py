@@ -412,6 +412,12 @@ def build(
         torch.set_num_threads(old_threads)
 
 
+def model_key(params: BuildParams, spec: TaskSpec | None, data_digest: str | None) -> str:
+    """The cache key of one model: the build parameters, its task and its task's data (the
+    pretrained model: the parameters alone), so that any scope reuses it."""
+    return _digest([params.key(), None if spec is None else asdict(spec), data_digest])
+
+
 def _flat_backbone(model):
     import torch
 
@@ -435,18 +441,18 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
             index = index if index is not None else load_package_index(os.environ.get(APT_LISTS_ENV, APT_LISTS_DEFAULT))
             rows = load_packages(spec, index)
         splits[spec.name] = split_examples(rows, spec, params.n_train, params.n_test, params.seed)
-    data_digest = _digest({n: s for n, s in splits.items()})
-    key = {**params.key(), "data": data_digest}
+    data = {name: _digest(split) for name, split in splits.items()}  # each model depends on its own task's data
+    key = params.key()
     old = read_manifest(root)
     names = [s.name for s in specs]
-    if not force and old and old.get("key") == key and all(n in old["models"] for n in names):
+    if not force and old and old.get("key") == key and all(old.get("data", {}).get(n) == data[n] for n in names):
         if all(os.path.isfile(os.path.join(root, "models", n, "model.safetensors")) for n in [PRETRAINED, *names]):
-            return old
+            return old  # it may hold more models (an "all" build serves "targets")
     _log(f"building into {root} ({len(specs)} tasks, {params.finetune_steps} steps each)")
 
     source = minilm_dir()
     pre_dir = os.path.join(root, "models", PRETRAINED)
-    pre_key = _digest([key, "pretrained"])
+    pre_key = model_key(params, None, None)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if force or not _key_matches(pre_dir, pre_key):
         torch.manual_seed(params.seed)
@@ -469,7 +475,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
         train = _tensors(splits[spec.name]["train"], tokenizer, params.max_length)
         test = _tensors(splits[spec.name]["test"], tokenizer, params.max_length)
         model_dir = os.path.join(root, "models", spec.name)
-        mkey = _digest([key, asdict(spec)])
+        mkey = model_key(params, spec, data[spec.name])
         start = time.perf_counter()
         if not force and _key_matches(model_dir, mkey):
             model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
@@ -495,6 +501,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
     bar.close()
     manifest = {
         "key": key,
+        "data": data,
         "scope": params.scope,
         "root": root,
         "env_var": ENV_VAR,

@@ -72,3 +72,14 @@ def test_generated_configs_are_current(repo_root):
         assert (repo_root / "config" / rel).read_text() == text, (
             f"{rel}: run python -m fusion_bench_fw.offline.textbench configs"
         )
+
+
+def test_a_models_cache_key_is_the_same_in_every_scope():
+    """A model's key holds the build parameters, its task and its own data, never the scope or the
+    other tasks' data: a "targets" build reuses the models of an "all" build."""
+    spec = tb.SPECS["package_app"]
+    a = tb.model_key(tb.BuildParams(scope="all", threads=2), spec, "d1")
+    assert a == tb.model_key(tb.BuildParams(scope="targets"), spec, "d1")
+    assert a != tb.model_key(tb.BuildParams(), spec, "d2")
+    assert a != tb.model_key(tb.BuildParams(finetune_steps=10), spec, "d1")
+    assert a != tb.model_key(tb.BuildParams(), tb.SPECS["package_dev"], "d1")
