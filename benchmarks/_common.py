@@ -100,7 +100,10 @@ def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, sec
     if rc != 0 or not reports:
         cuda = any(p.lower() in output.lower() for p in CUDA_PATTERNS)
         result.status = "needs CUDA" if cuda else "failed"
-        result.error = _error_line(output) if rc != 0 else "no program_report.json"
+        if rc < 0:  # a signal: its output ends mid progress bar, say what killed it instead
+            result.error = f"killed by signal {-rc}" + (" (SIGKILL: out of memory?)" if rc == -9 else "")
+        else:
+            result.error = _error_line(output) if rc != 0 else "no program_report.json"
     else:
         acc = report_accuracies(json.loads(reports[0].read_text()))
         result.average = acc.pop("average", None)
