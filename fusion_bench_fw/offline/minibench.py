@@ -39,6 +39,7 @@ Each model is cached under a key of everything it depends on; a rebuild reuses w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -447,8 +448,6 @@ def build(
     root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
 ) -> dict:
     """Build (or reuse) the benchmark under ``root``; returns the manifest."""
-    import torch
-
     root = os.path.abspath(root or default_root())
     params = params or BuildParams()
     key = params.key()
@@ -458,12 +457,21 @@ def build(
         if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
             return old
     t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(params.threads)
-    try:
+    with torch_threads(params.threads):
         return _build(root, params, key, force, progress, t0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's thread count set to ``n`` for a build, restored after (the builds are in-process)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
 def _build(root: str, params: BuildParams, key: dict, force: bool, progress: bool, t0: float) -> dict:
@@ -614,10 +622,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         "task_vectors": task_vector_diagnostics(task_vectors, theta0),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    write_manifest(root, manifest)
     _log(f"done in {manifest['build_seconds']}s")
     return manifest
 
@@ -768,6 +773,14 @@ def _finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, para
         opt.step()
         sched.step()
     return vm.eval().requires_grad_(False)
+
+
+def write_manifest(root: str, manifest: dict) -> None:
+    """``root/manifest.json``, written whole or not at all (a killed build leaves the old one)."""
+    tmp = os.path.join(root, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(root, "manifest.json"))
 
 
 def read_manifest(root: str | None = None) -> dict | None:

@@ -44,7 +44,15 @@ from dataclasses import asdict, dataclass
 from fusion_bench_fw import PRETRAINED
 
 from . import minibench
-from .minibench import _digest, _key_matches, _write_key, builder_cli, task_vector_diagnostics
+from .minibench import (
+    _digest,
+    _key_matches,
+    _write_key,
+    builder_cli,
+    task_vector_diagnostics,
+    torch_threads,
+    write_manifest,
+)
 
 ENV_VAR = "FUSION_BENCH_FW_TEXTBENCH_ROOT"
 FORTUNES_ENV, FORTUNES_DEFAULT = "FORTUNES_DIR", "/usr/share/games/fortunes"
@@ -400,16 +408,9 @@ def build(
     root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
 ) -> dict:
     """Build (or reuse) the text benchmark under ``root``; returns the manifest."""
-    import torch
-
-    root = os.path.abspath(root or default_root())
     params = params or BuildParams()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(params.threads)
-    try:
-        return _build(root, params, force, progress)
-    finally:
-        torch.set_num_threads(old_threads)
+    with torch_threads(params.threads):
+        return _build(os.path.abspath(root or default_root()), params, force, progress)
 
 
 def model_key(params: BuildParams, spec: TaskSpec | None, data_digest: str | None) -> str:
@@ -513,10 +514,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
         "task_vectors": task_vector_diagnostics(task_vectors, theta0),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    write_manifest(root, manifest)
     _log(f"done in {manifest['build_seconds']}s")
     return manifest
 
