@@ -40,8 +40,9 @@ FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, ent_inne
 QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, ent_inner=10, n_per_task=32)
 
 WEIGHTS = "{weights}"  # replaced by AdaMerging's merging-weights file of this run
+TEXTBOOK = "@textbook"  # first override: on top of the variant's textbook preset (None: the preset as is)
 
-# (row, what it changes, overrides on top of the variant's preset)
+# (row, what it changes, overrides on top of the variant's paper preset)
 HARD = [
     ("fw_hard_paper", "the authors' FW-hard: AdaMerging start, step 0.003*2/(t+2), cosine LMO, layer", []),
     ("hard: textbook step", "gamma_t = 2/(t+2) (gamma_0 = 1)", ["method.step_scale=1.0"]),
@@ -74,6 +75,11 @@ HARD = [
         ],
     ),
     ("fw_hard_textbook", "textbook FW: TA start, gamma_0 = 1, inner LMO, layer", None),
+    (
+        "hard: textbook, line search",
+        "textbook FW with gamma_t by golden section on [0, 2/(t+2)]",
+        [TEXTBOOK, "method.step_rule=line_search"],
+    ),
 ]
 SOFT = [
     ("fw_soft_paper", "the authors' FW-soft: entropy inner, init 0.3 then 1e-2, unconstrained, per task", []),
@@ -105,8 +111,9 @@ def fw_rows(settings: dict, targets: list[str]) -> list[tuple[str, str, list[str
     rows = []
     for variant, table in (("hard", HARD), ("soft", SOFT)):
         for name, what, extra in table:
-            if extra is None:  # the textbook preset with the run's budget
-                args = [f"method={name}", f"method.max_iters={settings['fw_iters'] if variant == 'hard' else 5}"]
+            if extra is None or extra[:1] == [TEXTBOOK]:  # the textbook preset with the run's budget
+                iters = settings["fw_iters"] if variant == "hard" else 5
+                args = [f"method=fw_{variant}_textbook", f"method.max_iters={iters}", *(extra or [])[1:]]
                 if variant == "soft":
                     args.append(f"method.inner_steps={settings['fw_inner']}")
             else:

@@ -63,10 +63,18 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         shapes = {n: tuple(p.shape) for n, p in template.named_parameters() if p.is_floating_point()}
         train_sets = load_train_sets(modelpool, targets)
         pool = check_pool(modelpool, template, shapes, train_sets, opts, paths.cache_dir)
+        keys = list(shapes)
         plan = plan_vertices(
-            pool.candidates, opts.start(pool.candidates, targets, list(shapes)), config, len(targets), PRETRAINED
+            pool.candidates, opts.start(pool.candidates, targets, keys), config, len(targets), PRETRAINED
         )
-        store = build_store(modelpool, plan.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file)
+        exclude_far = opts.far_models == "exclude"  # planned above first: a bad plan fails before heavy work
+        store, far = build_store(
+            modelpool, pool.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file, exclude_far
+        )
+        if exclude_far and far:
+            candidates = [c for c in pool.candidates if c not in far]
+            members = pool.candidates if opts.init == "merging_weights" else candidates  # AdaMerging weighed them all
+            plan = plan_vertices(candidates, opts.start(members, targets, keys), config, len(targets), PRETRAINED)
         template = template.to(self.fabric.device).eval()
         sampling = Sampling(opts.n_per_task, opts.batch_size, opts.seed)
         objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
