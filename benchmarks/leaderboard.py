@@ -42,8 +42,10 @@ from _common import (  # noqa: E402
 # steps instead of 100 (the inner loss flattens by then, and each step is a pass over all samples)
 # ent_inner: the entropy inner steps of fw_soft_paper (the authors' 500 take 190 s per iteration
 # on mini_TA8 on 2 shared cores; see benchmarks/ablation.py)
-FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, ent_inner=100, n_per_task=100)
-QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, ent_inner=10, n_per_task=32)
+# fw_iters / soft_iters / fw_inner: FW-hard's and FW-soft's iterations and FW-soft's inner steps
+# (FULL: their defaults)
+FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, soft_iters=5, fw_inner=30, ent_inner=100, n_per_task=100)
+QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, soft_iters=2, fw_inner=20, ent_inner=10, n_per_task=32)
 
 
 def _mini_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
@@ -102,7 +104,7 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         f"method.cache_dir={quote(Path(run_dir).resolve())}",
         "method.save_merging_weights=merging_weights.pt",
     ]
-    fw_common = [f"method.max_iters={s['fw_iters']}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    fw_common = [f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     targets = f"[{','.join(s['fw_targets'])}]" if s.get("fw_targets") else "null"
     paper_common = [f"method.targets={targets}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     if s.get("fw_targets"):  # a pool whose evaluated tasks are a subset of its models' tasks
@@ -147,11 +149,16 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
             f"method.max_iters={s['fw_iters']}",
             f"method.dataset_size={s['n_per_task']}",
         ],
-        "fw_hard": ["method=fw_hard", *fw_common],
+        "fw_hard": ["method=fw_hard", *fw_common, f"method.max_iters={s['fw_iters']}"],
         # the authors' protocol (their iteration counts); FW-hard starts from the AdaMerging row's weights
         "fw_hard_paper": ["method=fw_hard_paper", f"method.init_path={quote(ada_weights(run_dir))}", *paper_common],
         "fw_soft_paper": ["method=fw_soft_paper", f"method.inner_steps={s['ent_inner']}", *paper_common],
-        "fw_soft": ["method=fw_soft", *fw_common, f"method.inner_steps={s['fw_inner']}"],
+        "fw_soft": [
+            "method=fw_soft",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
     }[name] + device_args
 
 
