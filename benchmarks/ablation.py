@@ -16,8 +16,8 @@ References in the same run: Task Arithmetic(0.3) and layer-wise AdaMerging (whos
 weights FW-hard's paper protocol starts from). Every row is one ``fusion_bench`` CLI run.
 Outputs in ``--out``: ``ablation.md``, ``ablation.json`` and the runs.
 
-    python benchmarks/ablation.py --pool mini_TA8
-    python benchmarks/ablation.py --pool mini_TALL20_TA4
+    python benchmarks/ablation.py                          # both pools (about 50 minutes on 2 cores)
+    python benchmarks/ablation.py --pool mini_TALL20_TA4   # one of them
 """
 
 from __future__ import annotations
@@ -32,14 +32,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_run_options, fmt, quote, resolve_settings, run_fusion_bench  # noqa: E402
 from leaderboard import MINI_POOLS, method_args  # noqa: E402
 
-# soft_inner: inner steps of a labelled-CE inner search (each is a pass over every labelled
-# sample; the leaderboard's FW-soft uses 30); the entropy inner search keeps the authors' 500
-FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, n_per_task=100)
-QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, n_per_task=32)
+# fw_inner: inner steps of a labelled-CE inner search (each a pass over every labelled sample;
+# the leaderboard's FW-soft uses 30). ent_inner: steps of an entropy inner search (a batch of 16
+# per target each); the authors' 500 cost 190 s per iteration on mini_TA8 (2 shared cores), so
+# every FW-soft row here takes 100 (FW-soft's budget is equal across its rows: 5 iterations).
+POOLS = ("mini_TA8", "mini_TALL20_TA4")  # the 8-task pool, and 4 targets among 20 models
+FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, ent_inner=100, n_per_task=100)
+QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, ent_inner=10, n_per_task=32)
 
 WEIGHTS = "{weights}"  # replaced by AdaMerging's merging-weights file of this run
+TEXTBOOK = "@textbook"  # first override: on top of the variant's textbook preset (None: the preset as is)
 
-# (row, what it changes, overrides on top of the variant's preset)
+# (row, what it changes, overrides on top of the variant's paper preset)
 HARD = [
     ("fw_hard_paper", "the authors' FW-hard: AdaMerging start, step 0.003*2/(t+2), cosine LMO, layer", []),
     ("hard: textbook step", "gamma_t = 2/(t+2) (gamma_0 = 1)", ["method.step_scale=1.0"]),
@@ -56,7 +60,27 @@ HARD = [
         "TA start, gamma_t = 0.3*2/(t+2)",
         ["method.init=task_arithmetic", "method.step_scale=0.3"],
     ),
+    (
+        "hard: TA start, line search",
+        "TA start, gamma_t by golden section on [0, 2/(t+2)]",
+        ["method.init=task_arithmetic", "method.step_rule=line_search", "method.step_scale=1.0"],
+    ),
+    (
+        "hard: TA start, line search, inner LMO",
+        "the same with the inner-product LMO",
+        [
+            "method.init=task_arithmetic",
+            "method.step_rule=line_search",
+            "method.step_scale=1.0",
+            "method.lmo_score=inner",
+        ],
+    ),
     ("fw_hard_textbook", "textbook FW: TA start, gamma_0 = 1, inner LMO, layer", None),
+    (
+        "hard: textbook, line search",
+        "textbook FW with gamma_t by golden section on [0, 2/(t+2)]",
+        [TEXTBOOK, "method.step_rule=line_search"],
+    ),
 ]
 SOFT = [
     ("fw_soft_paper", "the authors' FW-soft: entropy inner, init 0.3 then 1e-2, unconstrained, per task", []),
@@ -88,21 +112,25 @@ def fw_rows(settings: dict, targets: list[str]) -> list[tuple[str, str, list[str
     rows = []
     for variant, table in (("hard", HARD), ("soft", SOFT)):
         for name, what, extra in table:
-            if extra is None:  # the textbook preset with the run's budget
-                args = [f"method={name}", f"method.max_iters={settings['fw_iters'] if variant == 'hard' else 5}"]
+            if extra is None or extra[:1] == [TEXTBOOK]:  # the textbook preset with the run's budget
+                iters = settings["fw_iters"] if variant == "hard" else 5
+                args = [f"method=fw_{variant}_textbook", f"method.max_iters={iters}", *(extra or [])[1:]]
                 if variant == "soft":
                     args.append(f"method.inner_steps={settings['fw_inner']}")
             else:
-                args = [f"method=fw_{variant}_paper", *[e.format(**settings) for e in extra]]
+                args = [f"method=fw_{variant}_paper"]
                 if variant == "hard":
                     args.append(f"method.init_path={WEIGHTS}")
+                elif not any(e.startswith("method.inner_steps=") for e in extra):
+                    args.append(f"method.inner_steps={settings['ent_inner']}")
+                args += [e.format(**settings) for e in extra]
             rows.append((name, what, [*args, *common]))
     return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pool", default="mini_TA8", choices=["mini_TA8", "mini_TALL20_TA4"])
+    p.add_argument("--pool", default="both", choices=["both", *POOLS], help="both: one after the other")
     p.add_argument("--out", type=Path, default=None, help="default outputs/ablation_<pool>")
     p.add_argument("--root", default=None, help="mini benchmark root (default: the cache dir)")
     p.add_argument("--quick", action="store_true", help="small build and few steps (a smoke test)")
@@ -110,13 +138,21 @@ def main(argv=None) -> int:
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
     settings = resolve_settings(args, FULL, QUICK)
-    out = args.out or Path(f"outputs/ablation_{args.pool}")
+    if args.pool == "both" and args.out:
+        p.error("--out needs one --pool")
+    for pool in POOLS if args.pool == "both" else [args.pool]:
+        ablate(args, pool, settings, args.out or Path(f"outputs/ablation_{pool}"))
+    return 0
+
+
+def ablate(args, pool: str, settings: dict, out: Path) -> None:
+    """Every row of the ablation on one pool; writes ``ablation.md`` and ``ablation.json`` in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
 
     from fusion_bench_fw.offline import minibench
 
-    modelpool, taskpool, tasks = MINI_POOLS[args.pool]
+    modelpool, taskpool, tasks = MINI_POOLS[pool]
     params = minibench.BuildParams(
         scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
         **(minibench.QUICK if args.quick else {}),
@@ -160,7 +196,7 @@ def main(argv=None) -> int:
         rows.append(dict(run(name, cli), changes=what))
 
     result = dict(
-        pool=args.pool,
+        pool=pool,
         modelpool=modelpool,
         taskpool=taskpool,
         tasks=tasks,
@@ -170,7 +206,7 @@ def main(argv=None) -> int:
     )
     md = to_markdown(result)
     (out / "ablation.md").write_text(
-        f"# Ablation on {args.pool} (modelpool={modelpool} taskpool={taskpool})\n\n"
+        f"# Ablation on {pool} (modelpool={modelpool} taskpool={taskpool})\n\n"
         f"Average accuracy (%) over {len(tasks)} tasks; each FW row changes one choice of the authors' "
         f"protocol (the first row of its block). Settings: {json.dumps(settings)}\n\n" + md
     )
@@ -178,7 +214,6 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"written: {out / 'ablation.md'}, ablation.json (total {result['total_seconds']}s)")
-    return 0
 
 
 def to_markdown(result: dict) -> str:

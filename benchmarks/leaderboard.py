@@ -44,8 +44,12 @@ from _common import (  # noqa: E402
 # (row, group, CLI method args); group "individual" is expanded per task
 # mini-benchmark defaults: FW keeps 10 iterations and 100 samples per task; FW-soft uses 30 inner
 # steps instead of 100 (the inner loss flattens by then, and each step is a pass over all samples)
-FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, fw_inner=30, n_per_task=100)
-QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, fw_inner=20, n_per_task=32)
+# ent_inner: the entropy inner steps of fw_soft_paper (the authors' 500 take 190 s per iteration
+# on mini_TA8 on 2 shared cores; see benchmarks/ablation.py)
+# fw_iters / soft_iters / fw_inner: FW-hard's and FW-soft's iterations and FW-soft's inner steps
+# (FULL: their defaults)
+FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, soft_iters=5, fw_inner=30, ent_inner=100, n_per_task=100)
+QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, soft_iters=2, fw_inner=20, ent_inner=10, n_per_task=32)
 # the text benchmark: each FW-soft inner step is a forward and backward pass of MiniLM over every
 # sample (100 x 4 texts), about 8 s on one core, so 10 inner steps instead of 30 (AdaMerging and
 # Surgery are CLIP-only: their steps are unused)
@@ -103,13 +107,23 @@ ALL_METHODS = (
     "fusionbench_fw_hard",
     "fw_hard",
     "fw_soft",
+    "fw_hard_paper",
+    "fw_soft_paper",
 )
 
 
 # the rows that run on a text pool (backbones handed out, each task's own head): FusionBench's CLIP-only
 # methods (AdaMerging, Surgery, RegMean++) and its in-tree FW (CLIP and CUDA) are left out; RegMean runs
 # as FusionBench's GPT-2 RegMean on the backbone's linear layers (regmean_text)
-CLIP_ONLY = {"regmean_plusplus", "adamerging_task_wise", "adamerging_layer_wise", "surgery"}
+# (fw_hard_paper starts from AdaMerging's weights, fw_soft_paper's entropy search uses the CLIP loaders)
+CLIP_ONLY = {
+    "regmean_plusplus",
+    "adamerging_task_wise",
+    "adamerging_layer_wise",
+    "surgery",
+    "fw_hard_paper",
+    "fw_soft_paper",
+}
 TEXT_METHODS = tuple(
     "regmean_text" if m == "regmean" else m
     for m in ALL_METHODS
@@ -126,7 +140,9 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         f"method.cache_dir={quote(Path(run_dir).resolve())}",
         "method.save_merging_weights=merging_weights.pt",
     ]
-    fw_common = [f"method.max_iters={s['fw_iters']}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    fw_common = [f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    targets = f"[{','.join(s['fw_targets'])}]" if s.get("fw_targets") else "null"
+    paper_common = [f"method.targets={targets}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     if s.get("fw_targets"):  # a pool whose evaluated tasks are a subset of its models' tasks
         fw_common.append(f"method.targets=[{','.join(s['fw_targets'])}]")
     return {
@@ -174,9 +190,22 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
             f"method.max_iters={s['fw_iters']}",
             f"method.dataset_size={s['n_per_task']}",
         ],
-        "fw_hard": ["method=fw_hard", *fw_common],
-        "fw_soft": ["method=fw_soft", *fw_common, f"method.inner_steps={s['fw_inner']}"],
+        "fw_hard": ["method=fw_hard", *fw_common, f"method.max_iters={s['fw_iters']}"],
+        # the authors' protocol (their iteration counts); FW-hard starts from the AdaMerging row's weights
+        "fw_hard_paper": ["method=fw_hard_paper", f"method.init_path={quote(ada_weights(run_dir))}", *paper_common],
+        "fw_soft_paper": ["method=fw_soft_paper", f"method.inner_steps={s['ent_inner']}", *paper_common],
+        "fw_soft": [
+            "method=fw_soft",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
     }[name] + device_args
+
+
+def ada_weights(run_dir: Path) -> Path:
+    """Where the adamerging_layer_wise row of the same leaderboard saves its merging weights."""
+    return (Path(run_dir).parent / "adamerging_layer_wise" / "log" / "merging_weights.pt").resolve()
 
 
 def run_leaderboard(
@@ -237,6 +266,18 @@ def run_leaderboard(
                     accuracy=per_task,
                     average=avg,
                     seconds=round(secs, 1),
+                    error=None,
+                )
+            )
+            continue
+        if name == "fw_hard_paper" and not ada_weights(out / "runs" / name).is_file():
+            rows.append(
+                dict(
+                    method=name,
+                    status="needs the adamerging_layer_wise row",
+                    accuracy={},
+                    average=None,
+                    seconds=0.0,
                     error=None,
                 )
             )

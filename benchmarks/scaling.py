@@ -35,8 +35,8 @@ from _common import HUB_TASKS, add_run_options, drop_models, fmt, resolve_settin
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
-FULL = dict(fw_iters=10, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboard.py
-QUICK = dict(fw_iters=3, fw_inner=20, n_per_task=32)
+FULL = dict(fw_iters=10, soft_iters=5, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboard.py
+QUICK = dict(fw_iters=3, soft_iters=2, fw_inner=20, n_per_task=32)
 
 
 def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], targets: list[str], counts):
@@ -65,18 +65,18 @@ def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], ta
 
 
 def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
-    fw = [
-        f"method.targets=[{','.join(eval_tasks)}]",
-        f"method.max_iters={s['fw_iters']}",
-        f"method.n_per_task={s['n_per_task']}",
-        "method.progress=false",
-    ]
+    fw = [f"method.targets=[{','.join(eval_tasks)}]", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     return {
         "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
         "simple_average": ["method=simple_average"],
         "ties_merging": ["method=ties_merging", "method.scaling_factor=0.3", "method.threshold=20"],
-        "fw_hard": ["method=fw_hard", *fw],
-        "fw_soft": ["method=fw_soft", *fw, f"method.inner_steps={s['fw_inner']}"],
+        "fw_hard": ["method=fw_hard", *fw, f"method.max_iters={s['fw_iters']}"],
+        "fw_soft": [
+            "method=fw_soft",
+            *fw,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
     }[method]
 
 

@@ -8,6 +8,13 @@ import torch
 
 from fusion_bench_fw.core.objective import LossAndGrad
 
+# FW-soft as the paper's text reads it (the core's defaults before they were chosen by
+# measurement): the tests of its mathematical properties pin it. RULES: without the step budget.
+TEXTBOOK_SOFT_RULES = dict(
+    lmo_score="inner", soft_select="topk", soft_constraint="capped_simplex", inner_init=None, inner_init_later=None
+)
+TEXTBOOK_SOFT = dict(TEXTBOOK_SOFT_RULES, inner_lr=0.01, inner_steps=100)
+
 
 class QuadraticObjective:
     """f(theta) = 0.5 * sum_p ||theta_p - target_p||^2 (L = 1, f* = 0 when target is feasible)."""

@@ -29,6 +29,7 @@ from fusion_bench_fw.core.config import CONFIGS, FrankWolfeConfig, check_choice,
 from fusion_bench_fw.core.vertices import INIT_MODELS, INITS, start_coefficients
 
 ON_INCOMPATIBLE = ("error", "skip")
+FAR_MODELS = ("exclude", "keep")
 STORE_MODES = ("auto", "safetensors", "memory")
 AUTOCAST_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGETS = {"hard": "fusion_bench_fw.FWHard", "soft": "fusion_bench_fw.FWSoft"}  # the classes, by import path
@@ -59,6 +60,9 @@ class RunOptions:
             (with a warning) instead of failing.
         on_incompatible: ``error`` or ``skip`` (drop, with a warning, candidates whose tensor
             names or shapes differ from the pretrained model's).
+        far_models: ``exclude`` (leave out, with a warning, candidates more than 5x farther from the
+            pretrained model than the median candidate: fine-tuned from another pre-training, most
+            likely) or ``keep`` them (they pull the start and the cosine LMO toward them).
         init: the start point: ``pretrained``, ``task_arithmetic``, ``file`` (a merged model, e.g.
             FusionBench AdaMerging's, saved with ``merged_model_save_path``) or ``merging_weights``
             (AdaMerging's ``save_merging_weights`` file: models x tensors, or models, over this pool).
@@ -85,6 +89,7 @@ class RunOptions:
     task_weighting: str = "mean"
     allow_fewer_samples: bool = False
     on_incompatible: str = "error"
+    far_models: str = "exclude"
     init: str = "pretrained"
     init_scaling: float = 0.3
     init_models: Any = "all"
@@ -101,6 +106,7 @@ class RunOptions:
         check_positive_int("n_per_task", self.n_per_task)
         check_positive_int("batch_size", self.batch_size)
         check_choice("on_incompatible", self.on_incompatible, ON_INCOMPATIBLE)
+        check_choice("far_models", self.far_models, FAR_MODELS)
         check_choice("init", self.init, INITS)
         if self.init in ("file", "merging_weights") and not self.init_path:
             raise ValueError(

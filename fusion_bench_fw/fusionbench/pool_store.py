@@ -234,10 +234,12 @@ def build_vertex_store(
 FAR_FACTOR = 5.0
 
 
-def warn_on_far_models(distances: Mapping[str, float], pretrained: str = PRETRAINED) -> list[str]:
-    """Flag candidates far farther from the pretrained model than the typical one: most likely
-    fine-tuned from another pre-trained model ("noisy" models). They merge without error, but
-    a task-arithmetic init over all models and layer-wise FW-hard can be pulled toward them."""
+def find_far_models(distances: Mapping[str, float], pretrained: str = PRETRAINED, exclude: bool = True) -> list[str]:
+    """Candidates far farther from the pretrained model than the typical one: most likely
+    fine-tuned from another pre-trained model ("noisy" models). They merge without error but
+    pull the merge toward them: the cosine LMO of the default FW-soft ranks their unrelated
+    weights first, and a task-arithmetic start or layer-wise FW-hard takes them in. Logged;
+    ``exclude``: the run leaves them out."""
     if len(distances) < 3:
         return []
     median = sorted(distances.values())[len(distances) // 2]
@@ -245,14 +247,15 @@ def warn_on_far_models(distances: Mapping[str, float], pretrained: str = PRETRAI
     if far:
         log.warning(
             "model(s) %s are more than %gx farther from %s than the median candidate (%s vs %.3g): probably "
-            "fine-tuned from another pre-trained model; FW-soft and task-wise FW-hard leave such models out, but "
-            "a task_arithmetic init over all models and layer-wise FW-hard can be hurt: remove them, or use "
-            "method.init_models=targets / method.granularity=task",
+            "fine-tuned from another pre-trained model; %s",
             far,
             FAR_FACTOR,
             pretrained,
             ", ".join(f"{distances[n]:.3g}" for n in far),
             median,
+            "left out of this run (method.far_models=keep merges them)"
+            if exclude
+            else "kept (method.far_models=keep): they can pull the start and the merge toward them",
         )
     return far
 
@@ -314,17 +317,19 @@ def build_store(
     mode: str,
     cache_dir: str,
     init_path: str | None = None,
-) -> VertexStore:
+    exclude_far: bool = True,
+) -> tuple[VertexStore, list[str]]:
     """Every checkpoint a run reads: the pretrained model (``template``'s parameters) and the
     ``init_path`` start point in memory, the candidates streamed. One pass checks them for
-    NaN/Inf and warns about candidates far from the pretrained model."""
+    NaN/Inf and finds candidates far from the pretrained model (:func:`find_far_models`);
+    returns the store and those far candidates."""
     conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
     candidate_store = build_vertex_store(modelpool, candidates, shapes, mode, cache_dir, conv1d_modules=conv1d)
     params = {n: p.detach() for n, p in template.named_parameters() if n in shapes}
-    warn_on_far_models(check_finite(candidate_store, candidates, reference=params))
+    far = find_far_models(check_finite(candidate_store, candidates, reference=params), exclude=exclude_far)
     resident = {PRETRAINED: {n: p.float() for n, p in params.items()}}
     if init_path:
         resident[INIT_FILE] = load_init_file(init_path, list(shapes))
     store = CompositeVertexStore([InMemoryVertexStore(resident, list(shapes)), candidate_store])
     check_finite(store, list(resident))
-    return store
+    return store, far

@@ -6,7 +6,7 @@ fast convergence are checked against the true optimum.
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool, solve
+from toy import SHAPES, TEXTBOOK_SOFT_RULES, QuadraticObjective, random_pool, solve
 
 from fusion_bench_fw.core import FrankWolfeConfig, HardConfig, SoftConfig, materialise
 from fusion_bench_fw.core.stores import InMemoryVertexStore
@@ -80,6 +80,7 @@ def test_fw_soft_with_all_vertices_gets_close_in_few_iterations():
     objective = QuadraticObjective(target)
     f0 = objective.loss(models["_pretrained_"])
     config = SoftConfig(
+        **TEXTBOOK_SOFT_RULES,
         granularity="task",
         coef_granularity="task",
         k=N,
@@ -121,7 +122,7 @@ def test_line_search_beats_the_open_loop_step():
 @pytest.mark.parametrize("granularity", ["task", "layer"])
 def test_coefficients_reproduce_the_merge_and_stay_on_the_simplex(variant, granularity):
     models, store, names, target = _problem(4)
-    soft = {"inner_steps": 5, "k": 2} if variant == "soft" else {}
+    soft = {**TEXTBOOK_SOFT_RULES, "inner_steps": 5, "k": 2} if variant == "soft" else {}
     config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=4, **soft)
     init = {"_pretrained_": 1 - 0.3 * N, **{n: 0.3 for n in names}}
     before = {n: {k: v.clone() for k, v in m.items()} for n, m in models.items()}
@@ -177,6 +178,7 @@ def test_soft_gap_covers_the_start_it_keeps_weight_on(granularity):
     models, store, names, _ = _problem(7)
     target = {k: 0.5 * models["_pretrained_"][k] + 0.5 * sum(models[n][k] for n in names) / N for k in SHAPES}
     config = SoftConfig(
+        **TEXTBOOK_SOFT_RULES,
         granularity=granularity,
         coef_granularity="task",
         k=N,

@@ -54,3 +54,40 @@ def test_update_refuses_another_pool(leaderboard):
     other = dict(board([]), tasks=["a"])
     with pytest.raises(SystemExit, match="other pools or tasks"):
         leaderboard.update(board([]), other)
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location("bench_ablation", BENCHMARKS / "ablation.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_every_ablation_row_composes_and_changes_what_it_says(ablation, tmp_path):
+    """Each FW row of benchmarks/ablation.py composes with Hydra into options FWHard/FWSoft accept,
+    and differs from its block's base row (the paper preset) in the options it names."""
+    from composed import method_config
+    from omegaconf import OmegaConf
+
+    from fusion_bench_fw.fusionbench.options import split_options
+
+    rows = ablation.fw_rows(ablation.FULL, ["tiny_colors", "tiny_stripes"])
+    resolved = {}
+    for name, _, args in rows:
+        args = [a.replace(ablation.WEIGHTS, str(tmp_path / "w.pt")) for a in args]
+        method = OmegaConf.to_container(method_config(args).method, resolve=True)
+        variant = "hard" if method.pop("_target_").endswith("FWHard") else "soft"
+        split_options(variant, method)  # accepted by the algorithm
+        resolved[name] = method
+    for name, _, args in rows:
+        if name in ("fw_hard_paper", "fw_soft_paper") or "textbook" in name:
+            continue
+        base = resolved["fw_hard_paper" if name.startswith("hard") else "fw_soft_paper"]
+        changed = {k for k in resolved[name] if resolved[name][k] != base.get(k)}
+        named = {a.split("=")[0].removeprefix("method.") for a in args if a.startswith("method.")}
+        assert changed and changed <= named, (name, changed, named)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from toy import QuadraticObjective
+from toy import TEXTBOOK_SOFT_RULES, QuadraticObjective
 
 from fusion_bench_fw.core import HardConfig, SoftConfig, frank_wolfe, plan_vertices
 from fusion_bench_fw.core.lmo import Blocks, score_vertices, select_hard
@@ -141,8 +141,10 @@ def _run(store, candidates, target, config, dtype):
     [
         HardConfig(granularity="layer", max_iters=5),
         HardConfig(granularity="task", max_iters=5, lmo_score="cosine"),
-        SoftConfig(granularity="task", max_iters=4, k=2, inner_steps=6, inner_lr=0.05),
-        SoftConfig(granularity="layer", max_iters=3, k=3, inner_steps=4, include_init_vertex=True),
+        SoftConfig(granularity="task", max_iters=4, k=2, inner_steps=6, inner_lr=0.05, **TEXTBOOK_SOFT_RULES),
+        SoftConfig(
+            granularity="layer", max_iters=3, k=3, inner_steps=4, include_init_vertex=True, **TEXTBOOK_SOFT_RULES
+        ),
     ],
     ids=["hard-layer", "hard-task-cosine", "soft-task", "soft-layer"],
 )

@@ -41,7 +41,7 @@ def test_the_core_refuses_them_too():
     with pytest.raises(TypeError, match="HardConfig or a SoftConfig"):
         FrankWolfeConfig()
     assert isinstance(FrankWolfeConfig.build("hard"), HardConfig)
-    assert isinstance(FrankWolfeConfig.build("soft", k=2), SoftConfig)
+    assert isinstance(FrankWolfeConfig.build("soft", k=2, soft_select="topk"), SoftConfig)
 
 
 def test_an_unknown_option_lists_the_known_ones():
@@ -94,3 +94,8 @@ def test_fw_hard_and_fw_soft_defaults_differ_where_the_paper_says():
     soft_run, soft = split_options("soft", {})
     assert (hard_run.init, hard.granularity, hard.include_init_vertex) == ("task_arithmetic", "layer", True)
     assert (soft_run.init, soft.granularity, soft.include_init_vertex) == ("pretrained", "task", False)
+
+
+def test_k_with_per_task_selection_is_refused():
+    with pytest.raises(ValueError, match="k=3 is not read by soft_select=per_task"):
+        FrankWolfeConfig.build("soft", k=3)

@@ -3,7 +3,7 @@ bit-identical to an uninterrupted run (the CLI kill test lives with the reliabil
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool, solve
+from toy import SHAPES, TEXTBOOK_SOFT_RULES, QuadraticObjective, random_pool, solve
 
 from fusion_bench_fw.core import FrankWolfeConfig, HardConfig
 from fusion_bench_fw.core.stores import InMemoryVertexStore
@@ -32,7 +32,7 @@ def test_interrupted_run_resumes_to_the_same_merge(tmp_path, variant, granularit
     store = InMemoryVertexStore(models)
     names = [f"m{i}" for i in range(5)]
     target = {k: 0.3 * models["m0"][k] + 0.7 * models["m4"][k] for k in SHAPES}
-    soft = {"inner_steps": 4, "k": 2} if variant == "soft" else {}
+    soft = {**TEXTBOOK_SOFT_RULES, "inner_steps": 4, "k": 2} if variant == "soft" else {}
     config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=6, **soft)
     init = {"_pretrained_": -0.5, **{n: 0.3 for n in names}}
     full = solve(QuadraticObjective(target), store, names, init, config, progress=False)

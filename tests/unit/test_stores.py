@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from toy import SHAPES, QuadraticObjective, random_pool, solve
+from toy import SHAPES, TEXTBOOK_SOFT_RULES, QuadraticObjective, random_pool, solve
 
 from fusion_bench_fw.core import FrankWolfeConfig
 from fusion_bench_fw.core.stores import (
@@ -31,7 +31,7 @@ def test_safetensors_store_gives_the_same_merge_as_in_memory(tmp_path, variant, 
     models = random_pool(5, SHAPES, seed=3)
     names = [f"m{i}" for i in range(5)]
     target = {k: 0.5 * models["m1"][k] + 0.5 * models["m3"][k] for k in SHAPES}
-    soft = {"inner_steps": 5, "k": 2} if variant == "soft" else {}
+    soft = {**TEXTBOOK_SOFT_RULES, "inner_steps": 5, "k": 2} if variant == "soft" else {}
     config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=4, **soft)
     init = {"_pretrained_": 0.1, **{n: 0.18 for n in names}}
     memory = solve(QuadraticObjective(target), InMemoryVertexStore(models), names, init, config, progress=False)
