@@ -100,7 +100,10 @@ def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, sec
     if rc != 0 or not reports:
         cuda = any(p.lower() in output.lower() for p in CUDA_PATTERNS)
         result.status = "needs CUDA" if cuda else "failed"
-        result.error = _error_line(output) if rc != 0 else "no program_report.json"
+        if rc < 0:  # a signal: its output ends mid progress bar, say what killed it instead
+            result.error = f"killed by signal {-rc}" + (" (SIGKILL: out of memory?)" if rc == -9 else "")
+        else:
+            result.error = _error_line(output) if rc != 0 else "no program_report.json"
     else:
         acc = report_accuracies(json.loads(reports[0].read_text()))
         result.average = acc.pop("average", None)
@@ -112,15 +115,18 @@ def _result(label: str, cli: list[str], out_dir: Path, output: str, rc: int, sec
     return result
 
 
-def drop_models(names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = ()) -> list[str]:
+def drop_models(
+    names: Sequence[str], datasets: bool = True, keep_clip_tasks: Sequence[str] = (), clip: bool = True
+) -> list[str]:
     """Hydra overrides removing models (and their data sets) from the composed model pool.
 
     ``keep_clip_tasks``: names whose CLIP task registration stays (tasks FW still targets:
-    it builds their zero-shot heads before the task pool registers anything)."""
+    it builds their zero-shot heads before the task pool registers anything); ``clip=False``:
+    a pool without CLIP task names (the text benchmark's)."""
     out = []
     for n in names:
         out.append(f"~modelpool.models.{n}")
-        if n not in keep_clip_tasks:
+        if clip and n not in keep_clip_tasks:
             out.append(f"~modelpool.clip_tasks.{n}")
         if datasets:
             out.append(f"~modelpool.test_datasets.{n}")

@@ -2,7 +2,10 @@
 """Leaderboard: FusionBench's baselines and FW-Merging side by side, through the ``fusion_bench`` CLI.
 
 Default: the embedded offline mini benchmark (``modelpool=mini_TA8 taskpool=mini_TA8``), built
-first if needed (``python -m fusion_bench_fw.offline.minibench build``). ``--hub TA8|TA14|TA20``
+first if needed (``python -m fusion_bench_fw.offline.minibench build``). ``--pool text_TA4`` runs
+the offline text benchmark instead (all-MiniLM-L6-v2 fine-tuned on 4 text tasks, each task's own
+head on the merged backbone; ``python -m fusion_bench_fw.offline.textbench build``), with the
+methods that run on such pools (:data:`TEXT_METHODS`). ``--hub TA8|TA14|TA20``
 runs the real protocol instead (FusionBench's ViT-B/32 pools and datasets; needs a hub or a
 local mirror, and a GPU for reasonable times).
 
@@ -14,6 +17,7 @@ report, the CLI's full output).
 
     python benchmarks/leaderboard.py                  # offline mini benchmark, full settings
     python benchmarks/leaderboard.py --quick          # CI: small build, few steps
+    python benchmarks/leaderboard.py --pool text_TA4 --out benchmarks/results/textbench_leaderboard
     python benchmarks/leaderboard.py --hub TA8        # the real protocol (hub + GPU)
 """
 
@@ -46,6 +50,10 @@ from _common import (  # noqa: E402
 # (FULL: their defaults)
 FULL = dict(ada_steps=200, surgery_steps=200, fw_iters=10, soft_iters=5, fw_inner=30, ent_inner=100, n_per_task=100)
 QUICK = dict(ada_steps=20, surgery_steps=20, fw_iters=3, soft_iters=2, fw_inner=20, ent_inner=10, n_per_task=32)
+# the text benchmark: each FW-soft inner step is a forward and backward pass of MiniLM over every
+# sample (100 x 4 texts), about 8 s on one core, so 10 inner steps instead of 30 (AdaMerging and
+# Surgery are CLIP-only: their steps are unused)
+TEXT_FULL = dict(FULL, fw_inner=10)
 
 
 def _mini_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
@@ -64,6 +72,15 @@ def _mini_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
 
 
 MINI_POOLS = _mini_pools()
+
+
+def _text_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
+    from fusion_bench_fw.offline.textbench import TARGETS
+
+    return {"text_TA4": ("text_TA4", "text_TA4", TARGETS)}
+
+
+TEXT_POOLS = _text_pools()
 
 # rows that fail inside FusionBench 0.2.33 itself on this stack; they keep their row and the reason
 UPSTREAM_FAILURES = {
@@ -95,6 +112,25 @@ ALL_METHODS = (
 )
 
 
+# the rows that run on a text pool (backbones handed out, each task's own head): FusionBench's CLIP-only
+# methods (AdaMerging, Surgery, RegMean++) and its in-tree FW (CLIP and CUDA) are left out; RegMean runs
+# as FusionBench's GPT-2 RegMean on the backbone's linear layers (regmean_text)
+# (fw_hard_paper starts from AdaMerging's weights, fw_soft_paper's entropy search uses the CLIP loaders)
+CLIP_ONLY = {
+    "regmean_plusplus",
+    "adamerging_task_wise",
+    "adamerging_layer_wise",
+    "surgery",
+    "fw_hard_paper",
+    "fw_soft_paper",
+}
+TEXT_METHODS = tuple(
+    "regmean_text" if m == "regmean" else m
+    for m in ALL_METHODS
+    if m not in CLIP_ONLY and not m.startswith("fusionbench_fw")
+)
+
+
 def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> list[str]:
     ada_common = [
         f"method.max_steps={s['ada_steps']}",
@@ -122,6 +158,11 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "regmean": ["method=regmean/clip_regmean", "method.dataloader_kwargs.num_workers=0"],
         # FusionBench 0.2.33's class cannot be constructed (see fusion_bench_fw.fusionbench.upstream_fixes);
         # once constructed, its layer-by-layer forward still fails under transformers 5.5 (UPSTREAM_FAILURES)
+        "regmean_text": [
+            "method=regmean/gpt2_regmean",
+            "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanForSequenceClassification",
+            "method.weight_transpose=true",
+        ],
         "regmean_plusplus": [
             "method=regmean_plusplus/clip_regmean_plusplus",
             "method._target_=fusion_bench_fw.fusionbench.upstream_fixes.RegMeanPlusPlusForCLIP",
@@ -178,13 +219,19 @@ def run_leaderboard(
     threads: int = 1,
     drop_tasks: list[str] | None = None,
     reuse: bool = False,
+    clip: bool = True,
 ) -> dict:
-    """``drop_tasks``: tasks of the pools left out (their models and data sets)."""
+    """``drop_tasks``: tasks of the pools left out (their models and data sets); ``clip=False``:
+    pools without CLIP task names or model-pool test sets (the text benchmark's)."""
     modelpool, taskpool = pools
     device_args = device_args or []
     base = [f"modelpool={modelpool}", f"taskpool={taskpool}"]
     for t in drop_tasks or []:
-        base += [*drop_models([t]), f"~modelpool.train_datasets.{t}", f"~taskpool.test_datasets.{t}"]
+        base += [
+            *drop_models([t], datasets=clip, clip=clip),
+            f"~modelpool.train_datasets.{t}",
+            f"~taskpool.test_datasets.{t}",
+        ]
     rows: list[dict] = []
     for name in methods:
         if name == "individual":
@@ -342,7 +389,9 @@ def plot(result: dict, path: Path):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
-    p.add_argument("--pool", default="mini_TA8", choices=sorted(MINI_POOLS), help="mini benchmark setting")
+    p.add_argument(
+        "--pool", default="mini_TA8", choices=sorted(MINI_POOLS) + sorted(TEXT_POOLS), help="benchmark setting"
+    )
     p.add_argument(
         "--hub",
         choices=sorted(HUB_TASKS),
@@ -353,7 +402,13 @@ def main(argv=None) -> int:
         "--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)"
     )
     p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
-    p.add_argument("--methods", nargs="+", default=list(ALL_METHODS), choices=ALL_METHODS)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=None,
+        choices=ALL_METHODS + ("regmean_text",),
+        help="default: every row of the pool",
+    )
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
     p.add_argument(
         "--update",
@@ -362,12 +417,21 @@ def main(argv=None) -> int:
     )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
-    settings = resolve_settings(args, FULL, QUICK)
+    settings = resolve_settings(args, TEXT_FULL if args.pool in TEXT_POOLS and not args.hub else FULL, QUICK)
     t0 = time.perf_counter()
     env, device_args = {}, []
     if args.hub:
         pools = (f"clip-vit-b32_{args.hub}", f"clip-vit-b32_{args.hub}")
         tasks = HUB_TASKS[args.hub]
+    elif args.pool in TEXT_POOLS:
+        from fusion_bench_fw.offline import textbench
+
+        modelpool, taskpool, tasks = TEXT_POOLS[args.pool]
+        params = textbench.BuildParams(scope="targets", **(textbench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = textbench.build(args.root, params)
+        env[textbench.ENV_VAR] = manifest["root"]
+        pools, tasks, device_args = (modelpool, taskpool), list(tasks), ["fabric.accelerator=cpu"]
+        print(f"text benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
     else:
         from fusion_bench_fw.offline import minibench
 
@@ -393,8 +457,10 @@ def main(argv=None) -> int:
         drop = [t for t in tasks if t not in args.tasks]
         tasks = [t for t in tasks if t in args.tasks]
     args.out.mkdir(parents=True, exist_ok=True)
+    text = args.pool in TEXT_POOLS and not args.hub
+    methods = args.methods or list(TEXT_METHODS if text else ALL_METHODS)
     result = run_leaderboard(
-        args.out, pools, tasks, settings, args.methods, env, device_args, args.threads, drop, args.reuse
+        args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse, clip=not text
     )
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     if args.update and (args.out / "leaderboard.json").is_file():

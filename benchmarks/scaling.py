@@ -12,6 +12,9 @@
 (as ``--hub TA20``; no synthetic models, so no ``noisy`` experiment).
 
 Pools are subsets of ``modelpool=mini_all``, selected with ``~modelpool.models.NAME`` overrides.
+``--pool text`` runs the irrelevant experiment on the offline text benchmark instead
+(``modelpool=text_all``: the 4 MiniLM target models plus 0..5 models fine-tuned on other text
+tasks, whose heads are never used; evaluated with each target's own head).
 ``--hub TA20`` runs the irrelevant/relevant experiments on FusionBench's ViT-B/32 TA20 pool
 (targets: the first 4 tasks; "irrelevant" there means the other tasks' models, as nothing else
 is on the hub; needs a hub and a GPU).
@@ -44,7 +47,7 @@ def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], ta
     if experiment == "irrelevant":
         pix = [n for n in by_group["irrelevant"] if n.startswith("irr_pixels")]
         lab = [n for n in by_group["irrelevant"] if n.startswith("irr_labels")]
-        extra = [m for pair in zip(pix, lab) for m in pair]
+        extra = [m for pair in zip(pix, lab) for m in pair] or by_group["irrelevant"]  # text: in build order
         eval_tasks = targets
     elif experiment == "relevant":
         others = [t for t in tasks if t not in targets]
@@ -77,8 +80,21 @@ def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
     }[method]
 
 
+MINI = dict(pools=("mini_all", "mini_TA8"), clip=True)
+TEXT = dict(pools=("text_all", "text_TA4"), clip=False)  # no CLIP task names, no test sets in the model pool
+
+
 def run_scaling(
-    out: Path, manifest: dict, env: dict, settings: dict, experiments, counts, methods, threads=1, reuse=False
+    out: Path,
+    manifest: dict,
+    env: dict,
+    settings: dict,
+    experiments,
+    counts,
+    methods,
+    threads=1,
+    reuse=False,
+    bench: dict = MINI,
 ) -> dict:
     all_models = list(manifest["models"])
     tasks, targets = manifest["tasks"], manifest["targets"]
@@ -96,9 +112,9 @@ def run_scaling(
                     r = run_fusion_bench(
                         f"{exp}+{count} {method}",
                         [
-                            "modelpool=mini_all",
-                            "taskpool=mini_TA8",
-                            *drop_models(drop, keep_clip_tasks=eval_tasks),
+                            f"modelpool={bench['pools'][0]}",
+                            f"taskpool={bench['pools'][1]}",
+                            *drop_models(drop, datasets=bench["clip"], keep_clip_tasks=eval_tasks, clip=bench["clip"]),
                             *drop_eval,
                             *method_args(method, settings, eval_tasks),
                             "fabric.accelerator=cpu",
@@ -175,14 +191,15 @@ def main(argv=None) -> int:
     p.add_argument("--hub", choices=["TA20"], default=None, help="FusionBench's ViT-B/32 TA20 pool (hub + GPU)")
     p.add_argument(
         "--pool",
-        choices=["mini_all", "mini_TALL20"],
+        choices=["mini_all", "mini_TALL20", "text"],
         default="mini_all",
         help="mini_all: 4 targets plus synthetic irrelevant/relevant/noisy models; mini_TALL20: the authors' "
-        "protocol on the 20 real tasks (as --hub TA20: the other tasks' models are the irrelevant ones)",
+        "protocol on the 20 real tasks (as --hub TA20: the other tasks' models are the irrelevant ones); "
+        "text: the text benchmark's 4 MiniLM targets plus models fine-tuned on other text tasks",
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
-    p.add_argument("--counts", nargs="+", type=int, default=[0, 4, 8, 12, 16])
+    p.add_argument("--counts", nargs="+", type=int, default=None, help="default 0 4 8 12 16 (text: 0 1 2 3 4 5)")
     p.add_argument(
         "--methods",
         nargs="+",
@@ -194,6 +211,8 @@ def main(argv=None) -> int:
     settings = resolve_settings(args, FULL, QUICK)
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.counts is None:
+        args.counts = [0, 1, 2, 3, 4, 5] if args.pool == "text" else [0, 4, 8, 12, 16]
     if args.hub:
         results = run_task_pool(args, settings, ("clip-vit-b32_TA20", "clip-vit-b32_TA20"), HUB_TASKS["TA20"])
     elif args.pool == "mini_TALL20":
@@ -204,6 +223,24 @@ def main(argv=None) -> int:
         env = {minibench.ENV_VAR: manifest["root"]}
         pools = ("mini_TALL20", "mini_TALL20")
         results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True)
+    elif args.pool == "text":
+        from fusion_bench_fw.offline import textbench
+
+        params = textbench.BuildParams(scope="all", **(textbench.QUICK if args.quick else {}), threads=args.threads)
+        manifest = textbench.build(args.root, params)
+        experiments = [e for e in args.experiments if e == "irrelevant"]  # the text build has no other groups
+        results = run_scaling(
+            args.out,
+            manifest,
+            {textbench.ENV_VAR: manifest["root"]},
+            settings,
+            experiments,
+            args.counts,
+            args.methods,
+            args.threads,
+            args.reuse,
+            bench=TEXT,
+        )
     else:
         from fusion_bench_fw.offline import minibench
 

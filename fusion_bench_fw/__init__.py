@@ -13,6 +13,7 @@ _LAZY = {
     "FWHard": "fusion_bench_fw.fusionbench.algorithms",
     "FWSoft": "fusion_bench_fw.fusionbench.algorithms",
     "CLIPVisionModelPoolWithTasks": "fusion_bench_fw.fusionbench.modelpool",
+    "SequenceClassificationBackbonePool": "fusion_bench_fw.fusionbench.modelpool",
 }
 
 __all__ = list(_LAZY)

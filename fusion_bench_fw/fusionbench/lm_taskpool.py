@@ -1,4 +1,11 @@
-"""A task pool that scores a causal-LM or seq2seq model on local labelled text.
+"""Task pools for language models on local labelled text.
+
+:class:`TextClassificationTaskPool`: FusionBench's GPT-2 text-classification task pool for any
+Hugging Face ``*ForSequenceClassification`` family: each task's accuracy with *its own head*
+(``modelpool.load_classifier(task)``) on the evaluated backbone, with a
+:class:`~fusion_bench_fw.fusionbench.modelpool.SequenceClassificationBackbonePool`.
+
+:class:`TokenLossTaskPool` scores a causal-LM or seq2seq model.
 
 FusionBench's generative task pools (lm-eval-harness, Flan-T5 GLUE generation) fetch their
 data from the hub; this one reads local data sets in the same row formats the FW objective
@@ -13,12 +20,69 @@ cross-entropy on the answer (target) tokens and the teacher-forced answer-token 
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
-from fusion_bench.taskpool import BaseTaskPool
+from fusion_bench.taskpool import BaseTaskPool, GPT2TextClassificationTaskPool
 from fusion_bench.utils import instantiate
 
 from .objectives.lm import IGNORE, TOKEN_LOGITS, collate_tokens, pad_id_of, row_maker
+
+# GLUE's text columns per task (one sentence, or a pair)
+GLUE_COLUMNS = {
+    "cola": ("sentence",),
+    "sst2": ("sentence",),
+    "mrpc": ("sentence1", "sentence2"),
+    "stsb": ("sentence1", "sentence2"),
+    "qqp": ("question1", "question2"),
+    "mnli": ("premise", "hypothesis"),
+    "qnli": ("question", "sentence"),
+    "rte": ("sentence1", "sentence2"),
+}
+
+
+def load_glue_classification(name: str, split: str, tokenizer, max_length: int = 128):
+    """A GLUE split tokenised for an encoder classifier: fixed-length ``input_ids`` and
+    ``attention_mask`` and the ``label`` column (the rows FW's objective and
+    :class:`TextClassificationTaskPool` read). FusionBench's GPT-2 GLUE loader caches its
+    tokens under a folder named for GPT-2 whatever the tokenizer, so it is not reused here."""
+    from datasets import load_dataset
+
+    if name not in GLUE_COLUMNS:
+        raise ValueError(f"unknown GLUE task {name!r}; one of {sorted(GLUE_COLUMNS)}")
+    if not callable(tokenizer):
+        tokenizer = instantiate(tokenizer)
+    columns = GLUE_COLUMNS[name]
+
+    def encode(batch):
+        texts = [batch[c] for c in columns]
+        return tokenizer(*texts, padding="max_length", truncation=True, max_length=max_length)
+
+    data = load_dataset("glue", name, split=split)
+    return data.map(encode, batched=True, remove_columns=[c for c in data.column_names if c != "label"])
+
+
+class TextClassificationTaskPool(GPT2TextClassificationTaskPool):
+    """Accuracy and loss of each task's own head on the evaluated backbone (a whole classifier
+    is reduced to its backbone first). Arguments as FusionBench's GPT-2 GLUE task pool
+    (``test_datasets`` rows: fixed-length ``input_ids``, ``attention_mask``, ``label``)."""
+
+    def get_classifier(self, task_name: str, model):
+        from .modelpool import backbone_of
+
+        modelpool = self._program.modelpool
+        if not hasattr(modelpool, "load_classifier"):
+            raise ValueError(
+                f"TextClassificationTaskPool needs a model pool that loads each task's classifier "
+                f"(load_classifier); {type(modelpool).__name__} does not: use "
+                "_target_: fusion_bench_fw.SequenceClassificationBackbonePool"
+            )
+        classifier = modelpool.load_classifier(task_name)
+        prefix = getattr(model, "base_model_prefix", None)
+        backbone = backbone_of(model) if isinstance(getattr(model, prefix or "", None), torch.nn.Module) else model
+        setattr(classifier, classifier.base_model_prefix, copy.deepcopy(backbone))
+        return classifier
 
 
 class TokenLossTaskPool(BaseTaskPool):

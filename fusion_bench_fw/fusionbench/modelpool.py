@@ -23,7 +23,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from fusion_bench.modelpool import CLIPVisionModelPool
+import torch
+from fusion_bench.modelpool import CLIPVisionModelPool, SequenceClassificationModelPool
 
 from .options import plain
 
@@ -158,3 +159,43 @@ def load_local_dataset(
     if num_samples is not None:
         dataset = dataset.select(range(min(int(num_samples), len(dataset))))
     return dataset
+
+
+class SequenceClassificationBackbonePool(SequenceClassificationModelPool):
+    """FusionBench's :class:`~fusion_bench.modelpool.SequenceClassificationModelPool` (each model a
+    whole ``*ForSequenceClassification`` checkpoint, its task head inside) seen as FusionBench's
+    GPT-2 GLUE pool sees its models: ``load_model`` hands out the *backbone* (``model.base_model``),
+    so every merging method merges backbones only, and ``load_classifier(name)`` the whole model,
+    so a task pool (:class:`~fusion_bench_fw.fusionbench.lm_taskpool.TextClassificationTaskPool`)
+    and FW's objective put each task's own head on the merged backbone. Heads of different label
+    counts (GLUE: stsb 1, mnli 3, the rest 2) never meet. Same arguments as the parent class::
+
+        _target_: fusion_bench_fw.SequenceClassificationBackbonePool
+        models: {_pretrained_: ..., task: ...}   # loaders: {_target_: ...from_pretrained, ...}
+        tokenizer: {...}
+        train_datasets: {task: ...}              # FW's labelled samples (input_ids, attention_mask, label)
+
+    Entries are loader dicts (FusionBench's pools do not load plain strings), so FW spills each
+    backbone once to its vertex cache rather than memory-mapping the whole-classifier files.
+    """
+
+    def load_classifier(self, model_name_or_config, *args, **kwargs):
+        """The whole fine-tuned model of a task: its backbone and its head."""
+        return super().load_model(model_name_or_config, *args, **kwargs)
+
+    def load_model(self, model_name_or_config, *args, **kwargs):
+        """The backbone of ``model_name_or_config`` (what merging methods merge)."""
+        return backbone_of(self.load_classifier(model_name_or_config, *args, **kwargs))
+
+
+def backbone_of(model):
+    """The backbone of a Hugging Face ``*ForSequenceClassification`` model (``model.<base_model_prefix>``),
+    with an error naming the model's class when it has none."""
+    prefix = getattr(model, "base_model_prefix", None)
+    backbone = getattr(model, prefix, None) if prefix else None
+    if not isinstance(backbone, torch.nn.Module):
+        raise ValueError(
+            f"{type(model).__name__} has no backbone attribute (base_model_prefix={prefix!r}); "
+            "SequenceClassificationBackbonePool needs Hugging Face *ForSequenceClassification models"
+        )
+    return backbone

@@ -39,6 +39,7 @@ Each model is cached under a key of everything it depends on; a rebuild reuses w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import hashlib
 import json
@@ -447,8 +448,6 @@ def build(
     root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
 ) -> dict:
     """Build (or reuse) the benchmark under ``root``; returns the manifest."""
-    import torch
-
     root = os.path.abspath(root or default_root())
     params = params or BuildParams()
     key = params.key()
@@ -458,12 +457,21 @@ def build(
         if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
             return old
     t0 = time.perf_counter()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(params.threads)
-    try:
+    with torch_threads(params.threads):
         return _build(root, params, key, force, progress, t0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """torch's thread count set to ``n`` for a build, restored after (the builds are in-process)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
     finally:
-        torch.set_num_threads(old_threads)
+        torch.set_num_threads(old)
 
 
 def _build(root: str, params: BuildParams, key: dict, force: bool, progress: bool, t0: float) -> dict:
@@ -614,10 +622,7 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         "task_vectors": task_vector_diagnostics(task_vectors, theta0),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    write_manifest(root, manifest)
     _log(f"done in {manifest['build_seconds']}s")
     return manifest
 
@@ -770,6 +775,14 @@ def _finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, para
     return vm.eval().requires_grad_(False)
 
 
+def write_manifest(root: str, manifest: dict) -> None:
+    """``root/manifest.json``, written whole or not at all (a killed build leaves the old one)."""
+    tmp = os.path.join(root, "manifest.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(manifest, f, indent=1)
+    os.replace(tmp, os.path.join(root, "manifest.json"))
+
+
 def read_manifest(root: str | None = None) -> dict | None:
     try:
         with open(os.path.join(root or default_root(), "manifest.json")) as f:
@@ -918,9 +931,10 @@ def render_configs() -> dict[str, str]:
     return out
 
 
-def write_configs(config_dir: str) -> list[str]:
+def write_configs(config_dir: str, rendered: dict[str, str] | None = None) -> list[str]:
+    """Write ``rendered`` (default: this benchmark's :func:`render_configs`) under ``config_dir``."""
     written = []
-    for rel, text in render_configs().items():
+    for rel, text in (render_configs() if rendered is None else rendered).items():
         path = os.path.join(config_dir, rel)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
@@ -933,37 +947,41 @@ def write_configs(config_dir: str) -> list[str]:
 # CLI
 # --------------------------------------------------------------------------------------------
 
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config")
 
-def main(argv: Sequence[str] | None = None) -> int:
-    defaults = BuildParams()
-    parser = argparse.ArgumentParser(prog="python -m fusion_bench_fw.offline.minibench")
+
+def builder_cli(argv, name: str, env_var: str, defaults, quick: dict, render):
+    """``python -m fusion_bench_fw.offline.<name> build|configs``, as the offline benchmarks share it:
+    None once ``configs`` has written ``render()``, else ``(args, the build's params)``."""
+    parser = argparse.ArgumentParser(prog=f"python -m fusion_bench_fw.offline.{name}")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or reuse) the mini benchmark")
+    b = sub.add_parser("build", help=f"build (or reuse) the {name} benchmark")
     b.add_argument(
-        "--root", default=None, help=f"output folder (default ${ENV_VAR} or ~/.cache/fusion_bench_fw/minibench)"
+        "--root", default=None, help=f"output folder (default ${env_var} or ~/.cache/fusion_bench_fw/{name})"
     )
     b.add_argument("--quick", action="store_true", help="small sizes and few steps (tests, CI)")
     b.add_argument("--force", action="store_true", help="rebuild every model")
     b.add_argument("--no-progress", action="store_true")
-    for f in BuildParams.__dataclass_fields__.values():
-        value = getattr(defaults, f.name)
-        b.add_argument("--" + f.name.replace("_", "-"), type=type(value), default=None)
-    c = sub.add_parser("configs", help="(re)write the mini_* plugin configs")
-    c.add_argument(
-        "--out",
-        default=os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "config"),
-    )
+    fields = list(type(defaults).__dataclass_fields__)
+    for field in fields:
+        b.add_argument("--" + field.replace("_", "-"), type=type(getattr(defaults, field)), default=None)
+    c = sub.add_parser("configs", help=f"(re)write the {name} plugin configs")
+    c.add_argument("--out", default=CONFIG_DIR)
     args = parser.parse_args(argv)
     if args.command == "configs":
-        for path in write_configs(args.out):
+        for path in write_configs(args.out, render()):
             print(path)
+        return None
+    overrides = dict(quick) if args.quick else {}
+    overrides.update({f: getattr(args, f) for f in fields if getattr(args, f) is not None})
+    return args, replace(defaults, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parsed = builder_cli(argv, "minibench", ENV_VAR, BuildParams(), QUICK, render_configs)
+    if parsed is None:
         return 0
-    overrides = dict(QUICK) if args.quick else {}
-    for name in BuildParams.__dataclass_fields__:
-        v = getattr(args, name)
-        if v is not None:
-            overrides[name] = v
-    params = replace(defaults, **overrides)
+    args, params = parsed
     m = build(args.root, params, force=args.force, progress=not args.no_progress)
     print(f"{'model':<20} {'group':<10} {'own test acc':>12} {'pretrained':>10}")
     for name, info in m["models"].items():

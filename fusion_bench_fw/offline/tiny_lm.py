@@ -10,6 +10,11 @@ and a few symbols):
   ``attention_mask`` (padded to a fixed length) and ``labels``, the tokenized-GLUE columns.
   Tasks on random strings of a-p: ``last_half`` (is the last letter in a-h?) and
   ``first_half`` (is the first letter in a-h?).
+* ``ROOT/bert_cls``: heads inside the models, as in FusionBench's RoBERTa GLUE pool: every
+  ``models/<name>`` is a whole ``BertForSequenceClassification`` (``_pretrained_``'s head is
+  unused), fine-tuned from the pretrained backbone with a head of its own label count:
+  ``last_half`` (2 labels, as above) and ``first_third`` (3 labels: is the first letter in a-e,
+  f-j or k-p?). Data columns ``input_ids``, ``attention_mask``, ``label``.
 * ``ROOT/causal``: ``GPT2LMHeadModel``s; tasks ``copy`` ("c:abcd=" -> "abcd") and
   ``reverse`` ("r:abcd=" -> "dcba"); data rows are ``prompt``/``answer`` text.
 * ``ROOT/seq2seq``: ``T5ForConditionalGeneration``s on the same two tasks; data rows are
@@ -19,7 +24,7 @@ and a few symbols):
 Each fine-tuned model is a short full fine-tune of the shared pretrained model, so the pool
 is a real merging problem. ``ROOT/manifest.json`` records the build, the test accuracy of
 each fine-tuned classifier on its task, and the teacher-forced answer-token accuracy of every
-generative model on every task. The configs ``modelpool=fw_tiny_gpt2_cls`` / ``fw_tiny_causal`` /
+generative model on every task. The configs ``modelpool=fw_tiny_gpt2_cls`` / ``fw_tiny_bert_cls`` / ``fw_tiny_causal`` /
 ``fw_tiny_t5`` (and task pools of the same names) read ROOT from ``FUSION_BENCH_FW_TINY_LM_ROOT``::
 
     python -m fusion_bench_fw.offline.tiny_lm /abs/ROOT
@@ -46,6 +51,7 @@ ENV_VAR = "FUSION_BENCH_FW_TINY_LM_ROOT"
 PAD, EOS, UNK = 0, 1, 2
 LETTERS = string.ascii_lowercase[:16]  # a-p
 CLS_TASKS = ("last_half", "first_half")
+BERT_TASKS = {"last_half": 2, "first_third": 3}  # task -> label count (heads of different shapes)
 GEN_TASKS = ("copy", "reverse")
 CLS_LEN = 10  # fixed padded length of classification rows (default_data_collator needs one)
 SEQ_LEN = 16
@@ -70,6 +76,8 @@ def _words(rng: random.Random, n: int, lo: int = 3, hi: int = 6) -> list[str]:
 
 
 def cls_label(task: str, word: str) -> int:
+    if task == "first_third":
+        return "abcdefghijklmnop".index(word[0]) * 3 // 16
     letter = word[-1] if task == "last_half" else word[0]
     return int(letter < "i")
 
@@ -108,11 +116,11 @@ def _batches(rows: list[dict], size: int) -> list[dict[str, torch.Tensor]]:
 
 
 # ---------------------------------------------------------------------- GPT-2 classification
-def _cls_rows(tok, task, words):
+def _cls_rows(tok, task, words, label_key="labels"):
     rows = []
     for w in words:
         ids, mask = _padded(_encode(tok, w), CLS_LEN)
-        rows.append({"input_ids": ids, "attention_mask": mask, "labels": cls_label(task, w)})
+        rows.append({"input_ids": ids, "attention_mask": mask, label_key: cls_label(task, w)})
     return rows
 
 
@@ -135,11 +143,11 @@ def _gpt2_config(vocab_size: int):
     )
 
 
-def _cls_accuracy(model, rows) -> float:
+def _cls_accuracy(model, rows, label_key="labels") -> float:
     batch = _batches(rows, len(rows))[0]
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return float((logits.argmax(-1) == batch["labels"]).float().mean())
+    return float((logits.argmax(-1) == batch[label_key]).float().mean())
 
 
 def build_gpt2_cls(root: str, tok, seed: int, n_train: int, n_test: int, steps: int) -> dict:
@@ -167,6 +175,47 @@ def build_gpt2_cls(root: str, tok, seed: int, n_train: int, n_test: int, steps: 
         model.save_pretrained(os.path.join(root, "models", task))
         accuracy[task] = _cls_accuracy(model, test)
     return {"tasks": list(CLS_TASKS), "finetuned_test_accuracy": accuracy}
+
+
+def build_bert_cls(root: str, tok, seed: int, n_train: int, n_test: int, steps: int) -> dict:
+    """Whole BERT classifiers with heads of 2 and 3 labels over one pretrained backbone."""
+    from datasets import Dataset
+    from transformers import BertConfig, BertForSequenceClassification
+
+    def config(num_labels):
+        return BertConfig(
+            vocab_size=len(tok),
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=32,
+            pad_token_id=PAD,
+            num_labels=num_labels,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
+        )
+
+    torch.manual_seed(seed)
+    pretrained = BertForSequenceClassification(config(2))
+    pretrained.save_pretrained(os.path.join(root, "models", PRETRAINED))
+    tok.save_pretrained(os.path.join(root, "tokenizer"))
+    accuracy = {}
+    for t, (task, num_labels) in enumerate(BERT_TASKS.items()):
+        rng = random.Random(f"{seed}-bert-{task}")
+        train, test = (_cls_rows(tok, task, _words(rng, n), "label") for n in (n_train, n_test))
+        for split, rows in (("train", train), ("test", test)):
+            Dataset.from_list(rows).save_to_disk(os.path.join(root, "data", task, split))
+        torch.manual_seed(seed + 200 + t)
+        model = BertForSequenceClassification(config(num_labels))
+        model.bert.load_state_dict(pretrained.bert.state_dict())
+        loss = lambda m, b: F.cross_entropy(  # noqa: E731
+            m(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["label"]
+        )
+        _train(model, loss, _batches(train, 32), steps, 3e-3, seed + t)
+        model.save_pretrained(os.path.join(root, "models", task))
+        accuracy[task] = _cls_accuracy(model, test, "label")
+    return {"tasks": list(BERT_TASKS), "finetuned_test_accuracy": accuracy}
 
 
 # ---------------------------------------------------------------------- generative pools
@@ -315,7 +364,7 @@ def build_tiny_lm_pools(
     n_train: int = 64,
     n_test: int = 32,
     steps: int = 60,
-    kinds=("gpt2_cls", "causal", "seq2seq"),
+    kinds=("gpt2_cls", "bert_cls", "causal", "seq2seq"),
 ) -> dict:
     """Build the pools under ``root`` (skipped when a manifest with the same parameters exists)."""
     root = os.path.abspath(root)
@@ -331,8 +380,9 @@ def build_tiny_lm_pools(
     manifest = {"root": root, "params": params, "env_var": ENV_VAR}
     for kind in kinds:
         sub = os.path.join(root, kind)
-        if kind == "gpt2_cls":
-            manifest[kind] = build_gpt2_cls(sub, tok, seed, n_train, n_test, steps)
+        if kind in ("gpt2_cls", "bert_cls"):
+            build_cls = build_gpt2_cls if kind == "gpt2_cls" else build_bert_cls
+            manifest[kind] = build_cls(sub, tok, seed, n_train, n_test, steps)
         else:
             manifest[kind] = build_generative(sub, tok, kind, seed, n_train, n_test, steps)
     os.makedirs(root, exist_ok=True)

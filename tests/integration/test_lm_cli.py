@@ -132,3 +132,68 @@ def test_generative_pools_cli_first_objective_equals_hf_loss(run_fusion_bench, t
     with torch.no_grad():
         expected = _hf_subset_loss(model, rows_of_task)
     assert history["iterations"][0]["loss"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_bert_heads_inside_pool_cli_each_task_own_head(run_fusion_bench, tiny_lm_root):
+    """Whole BERT classifiers (heads of 2 and 3 labels inside the checkpoints): FW-soft merges the
+    backbones; its first objective is each task's own head on the pretrained backbone (Hugging
+    Face's loss), and the task pool's accuracies are each task's own head on the merged backbone
+    rebuilt here from the run's coefficients and the checkpoint files."""
+    from datasets import load_from_disk
+    from transformers import BertForSequenceClassification
+
+    result, history = _run(run_fusion_bench, tiny_lm_root, "fw_soft", "fw_tiny_bert_cls", "method.max_iters=4")
+    acc = result.accuracies()
+    tasks = list(tiny_lm.BERT_TASKS)
+    assert set(acc) == {*tasks, "average"}
+    root = tiny_lm_root / "bert_cls"
+    assert all(not k.startswith(("bert.", "classifier.")) for k in history["keys"])  # the backbone's tensors only
+
+    classifiers = {t: BertForSequenceClassification.from_pretrained(root / "models" / t).eval() for t in tasks}
+    assert [c.num_labels for c in classifiers.values()] == list(tiny_lm.BERT_TASKS.values())
+    data = {t: load_from_disk(str(root / "data" / t / "test"))[:] for t in tasks}
+    pretrained = load_file(root / "models" / "_pretrained_" / "model.safetensors")
+
+    def own_head(task, backbone_state, rows):
+        model = classifiers[task]
+        model.bert.load_state_dict(backbone_state)
+        with torch.no_grad():
+            return model(input_ids=torch.tensor(rows["input_ids"]), attention_mask=torch.tensor(rows["attention_mask"]))
+
+    # the first objective: the mean over tasks of each own head's loss on the pretrained backbone
+    backbone0 = {k.removeprefix("bert."): v for k, v in pretrained.items() if k.startswith("bert.")}
+    losses = []
+    for t in tasks:
+        train = load_from_disk(str(root / "data" / t / "train"))
+        rows = train[fixed_subset_indices(len(train), N_PER_TASK, 0, t)]
+        logits = own_head(t, backbone0, rows).logits
+        losses.append(float(torch.nn.functional.cross_entropy(logits, torch.tensor(rows["label"]))))
+    assert history["iterations"][0]["loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-4)
+
+    # the evaluation: each task's own head on the merged backbone
+    states = {
+        n: {k.removeprefix("bert."): v for k, v in load_file(root / "models" / n / "model.safetensors").items()}
+        for n in history["basis"]
+    }
+    merged = _combine(history, states)
+    for t in tasks:
+        logits = own_head(t, {**backbone0, **merged}, data[t]).logits
+        expected = float((logits.argmax(-1) == torch.tensor(data[t]["label"])).float().mean())
+        assert acc[t] == pytest.approx(expected, abs=1e-6), t
+
+
+def test_plain_sequence_classification_pool_is_refused_with_the_fix(run_fusion_bench, tiny_lm_root):
+    """FusionBench's own SequenceClassificationModelPool hands out whole models (heads of 2 and 3
+    labels): the error names the plugin's backbone pool as the fix."""
+    result = run_fusion_bench(
+        [
+            "method=fw_hard",
+            "modelpool=fw_tiny_bert_cls",
+            "modelpool._target_=fusion_bench.modelpool.SequenceClassificationModelPool",
+            "taskpool=dummy",
+        ],
+        env={tiny_lm.ENV_VAR: str(tiny_lm_root)},
+        tiny=False,
+    )
+    assert result.returncode != 0
+    assert "fusion_bench_fw.SequenceClassificationBackbonePool" in result.output

@@ -58,7 +58,7 @@ def test_fusion_bench_gpt2_glue_pool_is_usable_as_is(compose):
     assert list(mp.train_datasets) == [t for t in GLUE8 if t != "stsb"]
 
 
-@pytest.mark.parametrize("pool", ["fw_tiny_gpt2_cls", "fw_tiny_causal", "fw_tiny_t5"])
+@pytest.mark.parametrize("pool", ["fw_tiny_gpt2_cls", "fw_tiny_bert_cls", "fw_tiny_causal", "fw_tiny_t5"])
 def test_tiny_pools_compose(compose, pool, monkeypatch):
     monkeypatch.setenv("FUSION_BENCH_FW_TINY_LM_ROOT", "/nowhere")
     cfg = compose(f"modelpool={pool}", "method=fw_soft", f"taskpool={pool}")
@@ -74,3 +74,31 @@ def test_flan_t5_task_pool_scores_glue_validation_with_token_loss(compose):
     assert list(resolved["test_datasets"]) == [f"glue-{t}" for t in GLUE8]
     assert resolved["test_datasets"]["glue-mnli"]["split"] == "validation_matched"
     assert resolved["test_datasets"]["glue-rte"]["tokenizer"]["pretrained_model_name_or_path"] == "google/flan-t5-base"
+
+
+PAPER_GLUE8 = ["cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte"]  # the alias order
+GLUE_TARGETS = ["qqp", "mnli", "qnli", "rte"]  # the FW-Merging paper's RoBERTa targets
+
+
+def test_roberta_glue_alias_names_the_papers_checkpoints(compose):
+    """modelpool/taskpool=roberta-base_glue_fw: the Twin-Merging RoBERTa checkpoints the paper merged,
+    whole classifiers handed out as backbones, each target evaluated with its own head."""
+    cfg = compose("method=fw_hard", "modelpool=roberta-base_glue_fw", "taskpool=roberta-base_glue_fw")
+    mp = OmegaConf.to_container(cfg.modelpool, resolve=True)
+    assert mp["_target_"] == "fusion_bench_fw.SequenceClassificationBackbonePool"
+    assert list(mp["models"]) == ["_pretrained_"] + [f"glue-{t}" for t in PAPER_GLUE8]
+    assert mp["models"]["_pretrained_"]["pretrained_model_name_or_path"] == "roberta-base"
+    for t in PAPER_GLUE8:
+        entry = mp["models"][f"glue-{t}"]
+        assert (entry["pretrained_model_name_or_path"], entry["subfolder"]) == (
+            "lu-vae/roberta-glue",
+            f"{t}/roberta-base_lr1e-05",
+        )
+        assert entry["_target_"] == "transformers.AutoModelForSequenceClassification.from_pretrained"
+    assert list(mp["train_datasets"]) == [f"glue-{t}" for t in GLUE_TARGETS]
+    assert {d["split"] for d in mp["train_datasets"].values()} == {"train"}
+    tp = OmegaConf.to_container(cfg.taskpool, resolve=True)
+    assert tp["_target_"] == "fusion_bench_fw.fusionbench.lm_taskpool.TextClassificationTaskPool"
+    assert list(tp["test_datasets"]) == [f"glue-{t}" for t in GLUE_TARGETS]
+    assert tp["test_datasets"]["glue-mnli"]["split"] == "validation_matched"
+    assert tp["test_datasets"]["glue-rte"]["tokenizer"]["pretrained_model_name_or_path"] == "roberta-base"

@@ -1,7 +1,7 @@
 """The FW objective of a FusionBench model pool, by the pool's kind.
 
 * :mod:`.clip`: CLIP vision pools (zero-shot heads from the pretrained CLIP's text tower);
-* :mod:`.lm`: sequence classification (per-task heads), causal LM and seq2seq pools;
+* :mod:`.lm`: sequence classification (backbones merged, per-task heads), causal LM and seq2seq pools;
 * :mod:`.sampling`: the fixed labelled samples every kind draws its batches from.
 
 Each kind gives its batches and its loss from what it needs (the pool, the loaded train sets,
@@ -34,23 +34,27 @@ def pool_kind(modelpool) -> str:
         SequenceClassificationModelPool,
     )
 
+    from ..modelpool import SequenceClassificationBackbonePool
+
     if isinstance(modelpool, CLIPVisionModelPool):
         return "clip"
-    if isinstance(modelpool, GPT2ForSequenceClassificationPool):
-        return "sequence_classification"
+    if isinstance(modelpool, (GPT2ForSequenceClassificationPool, SequenceClassificationBackbonePool)):
+        return "sequence_classification"  # backbones merged, each task's head from load_classifier
     if isinstance(modelpool, CausalLMPool):
         return "causal_lm"
     if isinstance(modelpool, Seq2SeqLMPool):
         return "seq2seq"
     if isinstance(modelpool, SequenceClassificationModelPool):
         raise ValueError(
-            "SequenceClassificationModelPool models carry their own task heads (different label sets), "
-            "so FW-Merging cannot merge them as whole models; use a pool that separates the backbone from "
-            "per-task heads, like FusionBench's GPT2ForSequenceClassificationPool (modelpool=gpt-2_glue)"
+            "SequenceClassificationModelPool hands out whole models whose task heads differ (label sets), so "
+            "no method can merge them as they are; set the pool's _target_ to "
+            "fusion_bench_fw.SequenceClassificationBackbonePool (same arguments): the backbones are merged and "
+            "each task keeps its own head (taskpool: fusion_bench_fw.fusionbench.lm_taskpool.TextClassificationTaskPool)"
         )
     raise ValueError(
         f"FW-Merging has no objective for model pool {type(modelpool).__name__}; supported: "
-        "CLIPVisionModelPool, GPT2ForSequenceClassificationPool, CausalLMPool, Seq2SeqLMPool"
+        "CLIPVisionModelPool, GPT2ForSequenceClassificationPool, SequenceClassificationBackbonePool, "
+        "CausalLMPool, Seq2SeqLMPool"
     )
 
 

@@ -3,9 +3,10 @@
 Each objective is a :class:`~fusion_bench_fw.core.objective.BatchedObjective`: a loss of
 the merged module, called functionally, on fixed labelled samples of each target task.
 
-* sequence classification (``GPT2ForSequenceClassificationPool``): the pool's models are
-  backbones; every task keeps its own classifier head (``modelpool.load_classifier``), as in
-  FusionBench's GPT-2 GLUE task pool. The backbone is merged; the loss of task tau is the
+* sequence classification (``GPT2ForSequenceClassificationPool``, the plugin's
+  ``SequenceClassificationBackbonePool`` for BERT/RoBERTa-style models with their heads inside):
+  the pool's models are backbones; every task keeps its own classifier head
+  (``modelpool.load_classifier``), as in FusionBench's GPT-2 GLUE task pool. The backbone is merged; the loss of task tau is the
   cross-entropy of tau's frozen head on top of the merged backbone.
 * causal LM (``CausalLMPool``): next-token cross-entropy on prompt+answer samples, on the
   answer tokens only (rows carry ``input_ids`` and ``labels`` with -100 on the prompt, or
@@ -143,8 +144,8 @@ def _classifiers(modelpool, template: nn.Module, targets, device) -> dict[str, n
         classifiers[task] = classifier.to(device).eval().requires_grad_(False)
         if getattr(classifier.config, "pad_token_id", None) is None:
             raise ValueError(
-                f"the classifier of task {task!r} has no config.pad_token_id; GPT-2 classification needs it "
-                "to find the last token of padded batches"
+                f"the classifier of task {task!r} has no config.pad_token_id; set it in its config.json "
+                "(GPT-2 classification reads the last non-pad token of each padded row)"
             )
     return classifiers
 
