@@ -322,7 +322,9 @@ def update(previous: dict, result: dict) -> dict:
     rows.sort(key=lambda r: order.get(r["method"], len(order)))
     normalise(rows, result["tasks"])
     rerun = sorted(set(previous.get("rerun", [])) | {r["method"] for r in result["rows"]})
-    return dict(previous, rows=rows, rerun=rerun, rerun_settings=result["settings"])
+    return dict(
+        previous, rows=rows, rerun=rerun, rerun_settings=result["settings"], rerun_seconds=result.get("total_seconds")
+    )
 
 
 def to_markdown(result: dict) -> str:
@@ -486,7 +488,7 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(
-        f"written: {args.out / 'leaderboard.md'}, leaderboard.json, leaderboard.png (total {result['total_seconds']}s)"
+        f"written: {args.out / 'leaderboard.md'}, leaderboard.json, leaderboard.png (total {result.get('rerun_seconds', result['total_seconds'])}s)"
     )
     return 0
 
