@@ -14,6 +14,7 @@ TEXTBOOK_SOFT_RULES = dict(
     lmo_score="inner", soft_select="topk", soft_constraint="capped_simplex", inner_init=None, inner_init_later=None
 )
 TEXTBOOK_SOFT = dict(TEXTBOOK_SOFT_RULES, inner_lr=0.01, inner_steps=100)
+TEXTBOOK_HARD = dict(step_rule="fw_default")  # FW-hard's open-loop 2/(t+2), the default before line search
 
 
 class QuadraticObjective:

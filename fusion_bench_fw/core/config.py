@@ -102,8 +102,9 @@ class HardConfig(FrankWolfeConfig):
     """FW-hard: a step toward the single LMO vertex (per block), theta += gamma_t * MergeFn(s - theta).
 
     Args:
-        step_rule: ``fw_default`` (gamma_t = step_scale * 2/(t+2)), ``constant``
-            (gamma_t = step_scale) or ``line_search`` (golden section on [0, step_scale * 2/(t+2)]).
+        step_rule: ``line_search`` (golden section on [0, step_scale * 2/(t+2)] on the objective:
+            measured best, see the README), ``fw_default`` (gamma_t = step_scale * 2/(t+2): textbook
+            with step_scale 1, the authors' with 0.3 * step_size) or ``constant`` (gamma_t = step_scale).
         step_scale: the scale of the step rule; gamma_t is clamped to [0, 1].
         line_search_evals: objective evaluations per line search.
         merge_fn: ``task_arithmetic`` (the exact FW direction) or ``ties`` (trimmed, sign-elected:
@@ -115,7 +116,7 @@ class HardConfig(FrankWolfeConfig):
 
     variant: ClassVar[str] = "hard"
 
-    step_rule: str = "fw_default"
+    step_rule: str = "line_search"
     step_scale: float = 1.0
     line_search_evals: int = 8
     merge_fn: str = "task_arithmetic"

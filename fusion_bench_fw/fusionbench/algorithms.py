@@ -171,9 +171,9 @@ class FWHard(_FrankWolfeMerging):
     variant = "hard"
     __doc__ = args_docstring(
         "FW-hard (Chen et al., ICCV 2025): Frank-Wolfe toward the single LMO vertex per block.\n\n"
-        "Defaults (chosen by measurement, see the README): textbook Frank-Wolfe from a Task Arithmetic\n"
-        "start (0.3, all pool models, kept as an extra vertex), gamma_t = 2/(t+2), inner-product LMO,\n"
-        "layer-wise. The authors' protocol (AdaMerging start, steps 0.3 * 0.01 * 2/(t+2)): fw_hard_paper.",
+        "Defaults (chosen by measurement, see the README): Frank-Wolfe from a Task Arithmetic start (0.3,\n"
+        "all pool models, kept as an extra vertex), gamma_t by line search on [0, 2/(t+2)], inner-product\n"
+        "LMO, layer-wise. The authors' protocol (AdaMerging start, steps 0.3 * 0.01 * 2/(t+2)): fw_hard_paper.",
         "hard",
     )
 

@@ -37,7 +37,7 @@ from pathlib import Path
 import pytest
 import torch
 from composed import method_config, run_method
-from toy import TEXTBOOK_SOFT, QuadraticObjective, random_pool
+from toy import TEXTBOOK_HARD, TEXTBOOK_SOFT, QuadraticObjective, random_pool
 
 pytestmark = pytest.mark.usefixtures("one_thread_private_cache")  # one thread: sums in one order
 
@@ -118,6 +118,8 @@ def run_toy(options: dict):
     options = dict(options)
     if options["variant"] == "soft":  # recorded before the defaults changed: pinned
         options = {**TEXTBOOK_SOFT, **options}
+    else:
+        options = {**TEXTBOOK_HARD, **options}
     init_kind = options.pop("init", "pretrained")
     variant = options.pop("variant")
     models = random_pool(4, TOY_SHAPES, seed=3)

@@ -59,7 +59,7 @@ def test_fw_hard_layerwise_reaches_a_target_only_the_product_hull_contains():
         store,
         names,
         {"_pretrained_": 1.0},
-        HardConfig(granularity="task", max_iters=100, include_init_vertex=False),
+        HardConfig(granularity="task", max_iters=100, include_init_vertex=False, step_rule="fw_default"),
         progress=False,
     )
     layer = solve(
@@ -67,7 +67,7 @@ def test_fw_hard_layerwise_reaches_a_target_only_the_product_hull_contains():
         store,
         names,
         {"_pretrained_": 1.0},
-        HardConfig(granularity="layer", max_iters=100, include_init_vertex=False),
+        HardConfig(granularity="layer", max_iters=100, include_init_vertex=False, step_rule="fw_default"),
         progress=False,
     )
     assert layer.history.final_loss < 0.05 * task.history.final_loss
@@ -112,7 +112,7 @@ def test_line_search_beats_the_open_loop_step():
         store,
         names,
         {"_pretrained_": 1.0},
-        HardConfig(granularity="task", max_iters=15, include_init_vertex=False),
+        HardConfig(granularity="task", max_iters=15, include_init_vertex=False, step_rule="fw_default"),
         progress=False,
     )
     assert hard.history.final_loss < plain.history.final_loss
@@ -145,7 +145,7 @@ def test_fw_hard_from_pretrained_ends_in_the_hull():
         store,
         names,
         {"_pretrained_": 1.0},
-        HardConfig(granularity="layer", max_iters=5),
+        HardConfig(granularity="layer", max_iters=5, step_rule="fw_default"),
         progress=False,
     )
     alpha = result.coefficients
