@@ -11,16 +11,21 @@ import pytest
 BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def leaderboard():
+def load_script(name: str):
+    """A script of benchmarks/ as a module (its folder on sys.path while it imports)."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        spec = importlib.util.spec_from_file_location("bench_leaderboard", BENCHMARKS / "leaderboard.py")
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+@pytest.fixture(scope="module")
+def leaderboard():
+    return load_script("leaderboard")
 
 
 def row(method, accs, status="ok"):
@@ -58,14 +63,7 @@ def test_update_refuses_another_pool(leaderboard):
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        spec = importlib.util.spec_from_file_location("bench_ablation", BENCHMARKS / "ablation.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return load_script("ablation")
 
 
 def test_every_ablation_row_composes_and_changes_what_it_says(ablation, tmp_path):
