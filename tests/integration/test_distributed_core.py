@@ -24,7 +24,9 @@ from fusion_bench_fw.core.stores import InMemoryVertexStore
 
 CONFIGS = {
     "hard_layer": dict(variant="hard", granularity="layer", max_iters=4),
-    "soft_task_cosine": dict(variant="soft", granularity="task", lmo_score="cosine", k=2, max_iters=3, inner_steps=5),
+    "soft_task_cosine": dict(
+        variant="soft", granularity="task", lmo_score="cosine", soft_select="topk", k=2, max_iters=3, inner_steps=5
+    ),
 }
 
 
