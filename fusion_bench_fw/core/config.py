@@ -103,7 +103,7 @@ class HardConfig(FrankWolfeConfig):
 
     Args:
         step_rule: ``line_search`` (golden section on [0, step_scale * 2/(t+2)] on the objective:
-            measured best, see the README), ``fw_default`` (gamma_t = step_scale * 2/(t+2): textbook
+            measured best, see docs/defaults.md), ``fw_default`` (gamma_t = step_scale * 2/(t+2): textbook
             with step_scale 1, the authors' with 0.3 * step_size) or ``constant`` (gamma_t = step_scale).
         step_scale: the scale of the step rule; gamma_t is clamped to [0, 1].
         line_search_evals: objective evaluations per line search.
@@ -139,7 +139,7 @@ class SoftConfig(FrankWolfeConfig):
     """FW-soft: take the top-k LMO vertices and optimise their step weights lambda on the same
     objective by projected gradient, theta += sum_j lambda_j (s_j - theta). Its defaults select
     task-wise, each target's gradient picking its own model by the cosine score, then tune the
-    weights from 0.3 on the labelled objective (measured best; see the README).
+    weights from 0.3 on the labelled objective (measured best; see docs/defaults.md).
 
     Args:
         k: ``topk``: how many vertices are selected; null: the number of target tasks.
