@@ -132,16 +132,11 @@ def inner_search(
     )
     trace = []
     for _ in range(config.inner_steps):
-        lg = objective.loss_and_grad(selection.combine(theta, lam))
-        trace.append(lg.loss)
-        if lg.loss < best_loss:
-            best_loss, best_lam = lg.loss, lam.detach().clone()
-        grad = selection.gradient(lg.grads[0], lam.shape)
-        optimiser.zero_grad()
-        lam.grad = grad.cpu()
-        optimiser.step()
-        with torch.no_grad():
-            lam.copy_(project(lam))
+        here = lam.detach().clone()
+        loss = _projected_step(objective, theta, selection, project, lam, optimiser)
+        trace.append(loss)
+        if loss < best_loss:
+            best_loss, best_lam = loss, here
     final_loss = objective.loss(selection.combine(theta, lam))
     trace.append(final_loss)
     if final_loss < best_loss or best_lam is None:
@@ -152,17 +147,21 @@ def inner_search(
 def _last(objective: Objective, theta, selection: Selection, project, lam: Tensor, optimiser, steps: int):
     """``steps`` projected steps on a stochastic objective; the last lambda is kept (its loss:
     the mean of the last 10 steps' batches, for the history)."""
-    trace = []
-    for _ in range(steps):
-        lg = objective.loss_and_grad(selection.combine(theta, lam))
-        trace.append(lg.loss)
-        optimiser.zero_grad()
-        lam.grad = selection.gradient(lg.grads[0], lam.shape).cpu()
-        optimiser.step()
-        with torch.no_grad():
-            lam.copy_(project(lam))
+    trace = [_projected_step(objective, theta, selection, project, lam, optimiser) for _ in range(steps)]
     tail = trace[-10:]
     return (sum(tail) / len(tail) if tail else float("nan")), lam.detach().clone(), trace
+
+
+def _projected_step(objective: Objective, theta, selection: Selection, project, lam: Tensor, optimiser) -> float:
+    """One optimiser step on lambda (in place) from its current value, then the projection;
+    returns the loss at the value it started from."""
+    lg = objective.loss_and_grad(selection.combine(theta, lam))
+    optimiser.zero_grad()
+    lam.grad = selection.gradient(lg.grads[0], lam.shape).cpu()
+    optimiser.step()
+    with torch.no_grad():
+        lam.copy_(project(lam))
+    return lg.loss
 
 
 def move(theta, alpha: Tensor, vertices: Vertices, selection: Selection, lam: Tensor) -> None:

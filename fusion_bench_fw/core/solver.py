@@ -72,8 +72,7 @@ def frank_wolfe(
     """
     if config.variant == "soft" and config.inner_loss != "ce_train" and inner_objective is None:
         raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
-    run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed)
-    run.inner_objective = inner_objective or objective
+    run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed, inner_objective)
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
     bar = tqdm(
         range(first, config.max_iters),
@@ -105,10 +104,10 @@ def frank_wolfe(
 class _Run:
     """The state of one run (theta, alpha, history) and the steps of an iteration."""
 
-    def __init__(self, objective, store, plan: VertexPlan, config, device, dtype, comm: Communicator, seed):
+    def __init__(self, objective, store, plan: VertexPlan, config, device, dtype, comm: Communicator, seed, inner=None):
         _check_plan(plan, store, objective)
         self.objective, self.config, self.device, self.dtype, self.comm = objective, config, device, dtype, comm
-        self.inner_objective = objective
+        self.inner_objective = inner or objective  # FW-soft's inner search
         self.keys, basis = list(store.keys), list(store.names)
         self.blocks = Blocks.build(self.keys, config.granularity)
         self.alpha = torch.zeros(len(basis), len(self.keys), dtype=torch.float64)
