@@ -67,6 +67,11 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         plan = plan_vertices(
             pool.candidates, opts.start(pool.candidates, targets, keys), config, len(targets), PRETRAINED
         )
+        inner = None  # FW-soft's inner objective when it is not the outer one: built (or refused) before heavy work
+        if getattr(config, "inner_loss", "ce_train") != "ce_train":
+            inner = build_inner_objective(
+                kind, modelpool, template, targets, fabric=self.fabric, batch_size=config.inner_batch_size
+            )
         exclude_far = opts.far_models == "exclude"  # planned above first: a bad plan fails before heavy work
         store, far = build_store(
             modelpool, pool.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file, exclude_far
@@ -87,11 +92,6 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             task_weighting=opts.task_weighting,
             autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
         )
-        inner = None
-        if getattr(config, "inner_loss", "ce_train") != "ce_train":
-            inner = build_inner_objective(
-                kind, modelpool, template, targets, fabric=self.fabric, batch_size=config.inner_batch_size
-            )
         result = self._solve(objective, store, plan, paths, inner)
         result.history.extra.update(
             {"targets": targets, "n_per_task": opts.n_per_task, "init": opts.init, "world_size": self.fabric.world_size}
