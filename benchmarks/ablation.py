@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_run_options, fmt, quote, resolve_settings, run_fusion_bench  # noqa: E402
-from leaderboard import MINI_POOLS, method_args  # noqa: E402
+from leaderboard import MINI_POOLS, ada_weights, method_args  # noqa: E402
 
 # fw_inner: inner steps of a labelled-CE inner search (each a pass over every labelled sample;
 # the leaderboard's FW-soft uses 30). ent_inner: steps of an entropy inner search (a batch of 16
@@ -186,13 +186,13 @@ def ablate(args, pool: str, settings: dict, out: Path) -> None:
     ada_settings = dict(settings, fw_targets=None)
     for name in ("task_arithmetic", "adamerging_layer_wise"):
         rows.append(dict(run(name, method_args(name, ada_settings, out / "runs" / name, [])), changes="reference"))
-    weights = sorted((out / "runs" / "adamerging_layer_wise").rglob("merging_weights.pt"))
-    if not weights:
-        raise SystemExit("AdaMerging saved no merging_weights.pt: FW-hard's paper protocol cannot start")
+    weights = ada_weights(out / "runs" / "fw_hard_paper")  # where the leaderboard's AdaMerging row saves them
+    if not weights.is_file():
+        raise SystemExit(f"AdaMerging saved no {weights}: FW-hard's paper protocol cannot start")
     for name, what, cli in fw_rows(settings, tasks):
         if args.only and name not in args.only:
             continue
-        cli = [c.replace(WEIGHTS, quote(weights[0].resolve())) for c in cli]
+        cli = [c.replace(WEIGHTS, quote(weights)) for c in cli]
         rows.append(dict(run(name, cli), changes=what))
 
     result = dict(
