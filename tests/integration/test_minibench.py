@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from bench_scripts import load_script
 
 from fusion_bench_fw.offline import minibench
 
@@ -33,17 +34,6 @@ needs_data = pytest.mark.skipif(
 )
 
 
-def _load_script(name: str):
-    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-    try:
-        spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO_ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        sys.path.remove(str(REPO_ROOT / "benchmarks"))
-
-
 @needs_data
 def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path):
     """The README's command, reduced (--quick: small build, few steps; 4 of the 8 tasks), run as a
@@ -54,7 +44,7 @@ def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path):
 
     from fusion_bench_fw.offline import OFFLINE_ENV
 
-    leaderboard = _load_script("leaderboard")
+    leaderboard = load_script("leaderboard")
     methods = list(leaderboard.ALL_METHODS)
     tasks = list(minibench.TARGETS)
     env = {**os.environ, **OFFLINE_ENV, minibench.ENV_VAR: str(tmp_path / "root")}
