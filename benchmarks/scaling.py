@@ -226,7 +226,7 @@ def main(argv=None) -> int:
     elif args.pool == "text":
         from fusion_bench_fw.offline import textbench
 
-        params = textbench.BuildParams(scope="all", **(textbench.QUICK if args.quick else {}), threads=args.threads)
+        params = textbench.BuildParams(scope="all", **(textbench.QUICK if args.quick else {}))
         manifest = textbench.build(args.root, params)
         experiments = [e for e in args.experiments if e == "irrelevant"]  # the text build has no other groups
         results = run_scaling(
