@@ -114,7 +114,8 @@ ALL_METHODS = (
 
 # the rows that run on a text pool (backbones handed out, each task's own head): FusionBench's CLIP-only
 # methods (AdaMerging, Surgery, RegMean++) and its in-tree FW (CLIP and CUDA) are left out; RegMean runs
-# as FusionBench's GPT-2 RegMean on the backbone's linear layers (regmean_text)
+# as FusionBench's GPT-2 RegMean on the backbone's linear layers (regmean_text), and WUDI without the word
+# embeddings (wudi_text)
 # (fw_hard_paper starts from AdaMerging's weights, fw_soft_paper's entropy search uses the CLIP loaders)
 CLIP_ONLY = {
     "regmean_plusplus",
@@ -124,10 +125,9 @@ CLIP_ONLY = {
     "fw_hard_paper",
     "fw_soft_paper",
 }
+TEXT_ROWS = {"regmean": "regmean_text", "wudi": "wudi_text"}
 TEXT_METHODS = tuple(
-    "regmean_text" if m == "regmean" else m
-    for m in ALL_METHODS
-    if m not in CLIP_ONLY and not m.startswith("fusionbench_fw")
+    TEXT_ROWS.get(m, m) for m in ALL_METHODS if m not in CLIP_ONLY and not m.startswith("fusionbench_fw")
 )
 
 
@@ -155,6 +155,11 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "iso_c": ["method=isotropic_merging/iso_c"],
         "iso_cts": ["method=isotropic_merging/iso_cts"],
         "wudi": ["method=wudi/wudi"],
+        # WUDI optimises every 2-D tensor through a (models x rows x rows) product: for a word-embedding matrix
+        # that is 4 x 30522^2 floats (15 GB; the text row was killed for memory), and the embeddings are frozen
+        # while fine-tuning, so their task vectors are 0 and WUDI's division by ||tau||^2 gives NaN. Left out,
+        # they are averaged (FusionBench's own exclude_keys); every other matrix gets WUDI's optimisation.
+        "wudi_text": ["method=wudi/wudi", "method.exclude_keys=[embeddings.word_embeddings.weight]"],
         "regmean": ["method=regmean/clip_regmean", "method.dataloader_kwargs.num_workers=0"],
         # FusionBench 0.2.33's class cannot be constructed (see fusion_bench_fw.fusionbench.upstream_fixes);
         # once constructed, its layer-by-layer forward still fails under transformers 5.5 (UPSTREAM_FAILURES)
@@ -408,7 +413,7 @@ def main(argv=None) -> int:
         "--methods",
         nargs="+",
         default=None,
-        choices=ALL_METHODS + ("regmean_text",),
+        choices=ALL_METHODS + tuple(TEXT_ROWS.values()),
         help="default: every row of the pool",
     )
     p.add_argument("--tasks", nargs="+", default=None, help="a subset of the pool's tasks (default: all)")
@@ -429,7 +434,7 @@ def main(argv=None) -> int:
         from fusion_bench_fw.offline import textbench
 
         modelpool, taskpool, tasks = TEXT_POOLS[args.pool]
-        params = textbench.BuildParams(scope="targets", **(textbench.QUICK if args.quick else {}), threads=args.threads)
+        params = textbench.BuildParams(scope="targets", **(textbench.QUICK if args.quick else {}))
         manifest = textbench.build(args.root, params)
         env[textbench.ENV_VAR] = manifest["root"]
         pools, tasks, device_args = (modelpool, taskpool), list(tasks), ["fabric.accelerator=cpu"]

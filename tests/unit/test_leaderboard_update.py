@@ -72,3 +72,23 @@ def test_every_ablation_row_composes_and_changes_what_it_says(ablation, tmp_path
         changed = {k for k in resolved[name] if resolved[name][k] != base.get(k)}
         named = {a.split("=")[0].removeprefix("method.") for a in args if a.startswith("method.")}
         assert changed and changed <= named, (name, changed, named)
+
+
+def test_text_wudi_row_leaves_out_the_backbones_word_embeddings(leaderboard, tmp_path):
+    """The text pool's WUDI row composes, and its exclude_keys names a tensor a BERT backbone (what
+    SequenceClassificationBackbonePool hands out) really has: WUDI's (models x rows x rows) product
+    on a 30522-row embedding is 15 GB, and frozen embeddings have zero task vectors (NaN in WUDI)."""
+    from composed import method_config
+    from omegaconf import OmegaConf
+    from transformers import BertConfig, BertModel
+
+    assert leaderboard.TEXT_ROWS["wudi"] in leaderboard.TEXT_METHODS and "wudi" not in leaderboard.TEXT_METHODS
+    args = leaderboard.method_args("wudi_text", leaderboard.FULL, tmp_path, [])
+    method = OmegaConf.to_container(method_config(args).method, resolve=True)
+    assert method["_target_"].endswith("WUDIMerging")
+    tiny = BertModel(
+        BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16)
+    )
+    keys = tiny.state_dict()
+    assert method["exclude_keys"] == ["embeddings.word_embeddings.weight"]
+    assert all(k in keys and keys[k].ndim == 2 for k in method["exclude_keys"])
