@@ -140,11 +140,11 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         f"method.cache_dir={quote(Path(run_dir).resolve())}",
         "method.save_merging_weights=merging_weights.pt",
     ]
-    fw_common = [f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
+    samples = [f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
     targets = f"[{','.join(s['fw_targets'])}]" if s.get("fw_targets") else "null"
-    paper_common = [f"method.targets={targets}", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
-    if s.get("fw_targets"):  # a pool whose evaluated tasks are a subset of its models' tasks
-        fw_common.append(f"method.targets=[{','.join(s['fw_targets'])}]")
+    # a pool whose evaluated tasks are a subset of its models' tasks names them; the presets always set theirs
+    fw_common = [*samples, f"method.targets={targets}"] if s.get("fw_targets") else samples
+    paper_common = [f"method.targets={targets}", *samples]
     return {
         "pretrained": ["method=dummy"],
         "simple_average": ["method=simple_average"],

@@ -136,10 +136,10 @@ def to_markdown(results: dict) -> str:
     parts = []
     for exp, rows in results["experiments"].items():
         methods = results["methods"]
-        # relevant: every task of the pool (mini_all: the 8 tasks; a 20-task pool: the pool's own, 4 to 20)
-        evaluated = (
-            ("the pool's tasks" if results.get("pool") else "all 8 tasks") if exp == "relevant" else "the 4 targets"
-        )
+        if exp != "relevant":
+            evaluated = "the 4 targets"
+        else:  # every task of the pool: mini_all's 8, or a 20-task pool's own (4 to 20)
+            evaluated = "the pool's tasks" if results.get("pool") else "all 8 tasks"
         parts.append(f"### {exp} models added (average accuracy %, {evaluated})\n")
         parts.append("| added | pool | " + " | ".join(methods) + " |")
         parts.append("|" + "---|" * (len(methods) + 2))
