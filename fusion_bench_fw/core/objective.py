@@ -34,6 +34,24 @@ class LossAndGrad:
     grads: list[dict[str, Tensor]]
 
 
+# A tensor whose gradient is at most this fraction of the whole gradient's norm carries float rounding
+# only: CLIP's attention key bias, for one, shifts every logit of a query alike, so the softmax ignores it
+# and its exact gradient is 0 (computed: ~1e-9 of the whole in float32, the next smallest tensor ~1e-3).
+# Left as it is, that noise would pick the LMO's vertex for such a tensor, cast a full cosine vote and
+# take Adam steps, all of which differ from one CPU to the next.
+NEGLIGIBLE_GRADIENT = 1e-6
+
+
+def drop_rounding_noise(grad: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``grad`` with every tensor at or below :data:`NEGLIGIBLE_GRADIENT` of the whole norm set to 0
+    (a new dict; the others are the same tensors)."""
+    if not grad:
+        return dict(grad)
+    norms = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64).to("cpu") for g in grad.values()])
+    negligible = (norms <= NEGLIGIBLE_GRADIENT * torch.linalg.vector_norm(norms)).tolist()
+    return {k: torch.zeros_like(g) if zero else g for (k, g), zero in zip(grad.items(), negligible)}
+
+
 class Objective(Protocol):
     task_names: Sequence[str]
 

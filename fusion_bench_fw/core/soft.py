@@ -17,7 +17,7 @@ from torch import Tensor
 
 from .config import SoftConfig
 from .lmo import Blocks
-from .objective import Objective
+from .objective import Objective, drop_rounding_noise
 from .simplex import project_box, project_capped_simplex, project_simplex
 from .vertices import Vertices
 
@@ -157,7 +157,7 @@ def _projected_step(objective: Objective, theta, selection: Selection, project, 
     returns the loss at the value it started from."""
     lg = objective.loss_and_grad(selection.combine(theta, lam))
     optimiser.zero_grad()
-    lam.grad = selection.gradient(lg.grads[0], lam.shape).cpu()
+    lam.grad = selection.gradient(drop_rounding_noise(lg.grads[0]), lam.shape).cpu()
     optimiser.step()
     with torch.no_grad():
         lam.copy_(project(lam))

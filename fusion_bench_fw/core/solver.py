@@ -26,7 +26,7 @@ from .distributed import SINGLE_PROCESS, Communicator
 from .hard import hard_step
 from .history import IterationRecord, RunHistory
 from .lmo import Blocks, score_vertices_sharded, select_hard, select_per_task, select_topk
-from .objective import Objective
+from .objective import Objective, drop_rounding_noise
 from .soft import soft_step
 from .stores import VertexStore
 from .vertices import VertexPlan, Vertices
@@ -152,9 +152,9 @@ class _Run:
         and the scores of the selectable vertices (gradients x vertices x blocks)."""
         t0 = time.perf_counter()
         lg = self.objective.loss_and_grad(self.theta, per_task=self.per_task)
-        grads = lg.grads
+        grads = [drop_rounding_noise(g) for g in lg.grads]
         if self.per_task:
-            grads = [{key: sum(g[key] for g in lg.grads) for key in self.keys}] + lg.grads
+            grads = [{key: sum(g[key] for g in grads) for key in self.keys}] + grads
         _sync(self.device)
         t1 = time.perf_counter()
         vertices, cosine = self.vertices, self.config.lmo_score == "cosine"

@@ -206,3 +206,56 @@ def test_inputs_are_not_modified():
     assert all(
         torch.equal(models[n][k], random_pool(7, SHAPES, seed=5, scale=0.3)[n][k]) for n in names for k in SHAPES
     )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rounding_noise_in_the_gradient_is_dropped_and_nothing_else(seed):
+    """Against a float64 reference: exactly the tensors at or below NEGLIGIBLE_GRADIENT of the
+    whole norm become 0; the others are handed back as they are."""
+    from fusion_bench_fw.core.objective import NEGLIGIBLE_GRADIENT, drop_rounding_noise
+
+    g = torch.Generator().manual_seed(seed)
+    grad = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
+    grad["noise"] = 1e-9 * torch.randn(4, generator=g)
+    grad["zero"] = torch.zeros(3)
+    total = sum(float(v.double().pow(2).sum()) for v in grad.values()) ** 0.5
+    cleaned = drop_rounding_noise(grad)
+    assert list(cleaned) == list(grad)
+    for k, v in grad.items():
+        if float(v.double().norm()) <= NEGLIGIBLE_GRADIENT * total:
+            assert torch.count_nonzero(cleaned[k]) == 0, k
+        else:
+            assert cleaned[k] is v, k
+    assert {k for k, v in cleaned.items() if not v.any()} == {"noise", "zero"}
+
+
+def test_a_tensor_without_gradient_gets_the_same_vertex_whatever_its_rounding_noise():
+    """The LMO's choice for a tensor the loss ignores (zero gradient up to rounding, as CLIP's
+    attention key bias) must not follow the noise's sign, which differs between CPUs."""
+    from toy import QuadraticObjective, solve
+
+    from fusion_bench_fw.core import HardConfig
+
+    models = random_pool(4, SHAPES, seed=11)
+    names = [f"m{i}" for i in range(4)]
+    target = {k: 0.6 * models["m1"][k] + 0.4 * models["m3"][k] for k in SHAPES}
+
+    class NoisyBias(QuadraticObjective):
+        """The toy loss, with layer0.bias outside it: its gradient is rounding noise of one sign."""
+
+        def __init__(self, target, sign):
+            super().__init__(target)
+            self.sign = sign
+
+        def loss_and_grad(self, params, per_task=False):
+            lg = super().loss_and_grad(params, per_task)
+            lg.grads[0]["layer0.bias"] = self.sign * 1e-9 * torch.arange(1.0, 7.0)
+            return lg
+
+    chosen = []
+    for sign in (1.0, -1.0):
+        config = HardConfig(granularity="layer", max_iters=3, include_init_vertex=False)
+        store = InMemoryVertexStore(models)
+        result = solve(NoisyBias(target, sign), store, names, {"_pretrained_": 1.0}, config, progress=False)
+        chosen.append([it.chosen for it in result.history.iterations])
+    assert chosen[0] == chosen[1]
