@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from fusion_bench_fw.core.objective import LossAndGrad
@@ -44,12 +45,19 @@ class QuadraticObjective:
 
 
 def random_pool(n_models: int, shapes: dict[str, tuple], seed: int = 0, scale: float = 1.0):
-    """A pretrained checkpoint and n fine-tuned ones = pretrained + random task vectors."""
-    g = torch.Generator().manual_seed(seed)
-    pre = {k: torch.randn(s, generator=g) for k, s in shapes.items()}
+    """A pretrained checkpoint and n fine-tuned ones = pretrained + random task vectors.
+
+    Drawn with NumPy's seeded generator: the same bytes on every CPU (``torch.randn`` takes
+    vectorised paths whose rounding depends on the CPU), which the behaviour lock relies on."""
+    rng = np.random.default_rng(seed)
+
+    def draw(shape):
+        return torch.from_numpy(rng.standard_normal(shape).astype(np.float32))
+
+    pre = {k: draw(s) for k, s in shapes.items()}
     models = {"_pretrained_": pre}
     for i in range(n_models):
-        models[f"m{i}"] = {k: v + scale * torch.randn(v.shape, generator=g) for k, v in pre.items()}
+        models[f"m{i}"] = {k: v + scale * draw(v.shape) for k, v in pre.items()}
     return models
 
 
