@@ -275,6 +275,18 @@ def run_leaderboard(
                 )
             )
             continue
+        if name in NEEDS_CUDA and not cuda_available(device_args):
+            rows.append(
+                dict(
+                    method=name,
+                    status="needs CUDA",
+                    accuracy={},
+                    average=None,
+                    seconds=0.0,
+                    error="not run: FusionBench's in-tree FW calls .cuda() and this machine has no CUDA device",
+                )
+            )
+            continue
         if name == "fw_hard_paper" and not ada_weights(out / "runs" / name).is_file():
             rows.append(
                 dict(
@@ -300,6 +312,18 @@ def run_leaderboard(
         )
     normalise(rows, tasks)
     return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
+
+
+# rows that cannot run without CUDA (FusionBench's in-tree FW hard-codes .cuda()): on a machine
+# without it they are listed as such without a run (about 20 s each of CLI start-up and failure)
+NEEDS_CUDA = ("fusionbench_fw_soft", "fusionbench_fw_hard")
+
+
+def cuda_available(device_args) -> bool:
+    """Whether the runs would get a CUDA device (``fabric.accelerator=cpu`` in the args: no)."""
+    import torch
+
+    return torch.cuda.is_available() and "fabric.accelerator=cpu" not in (device_args or [])
 
 
 def normalise(rows: list[dict], tasks: list[str]) -> None:

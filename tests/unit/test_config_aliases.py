@@ -48,21 +48,23 @@ def test_alias_equals_fusion_bench_config(compose, arch, suite):
     fb_suite, n = SUITES[suite]
     alias = f"clip-vit-{arch}_{suite}"
 
-    mp = compose(f"modelpool={alias}", "taskpool=dummy").modelpool
-    mp_fb = compose(f"modelpool=CLIPVisionModelPool/{fb_arch}_{fb_suite}", "taskpool=dummy").modelpool
+    fb_name = (
+        f"clip-vit-classification_TA8_{arch.upper()}"
+        if (suite == "TA8" and arch != "b32")
+        else f"clip-vit-classification_{fb_suite}"
+    )
+    ours = compose(f"modelpool={alias}", f"taskpool={alias}")
+    theirs = compose(
+        f"modelpool=CLIPVisionModelPool/{fb_arch}_{fb_suite}", f"taskpool=CLIPVisionModelTaskPool/{fb_name}"
+    )
+    mp, mp_fb = ours.modelpool, theirs.modelpool
     assert OmegaConf.to_container(mp) == OmegaConf.to_container(mp_fb)
     assert list(mp.models) == ["_pretrained_"] + TASKS[suite]
     assert {_model_id(mp.models[t]) for t in TASKS[suite]} == {f"tanganke/{fb_arch}_{t}" for t in TASKS[suite]}
     assert _model_id(mp.models["_pretrained_"]) == base
     assert list(mp.test_datasets) == TASKS[suite] and list(mp.train_datasets) == TASKS[suite]
 
-    tp = compose("modelpool=clip-vit-b32_TA8", f"taskpool={alias}").taskpool
-    fb_name = (
-        f"clip-vit-classification_TA8_{arch.upper()}"
-        if (suite == "TA8" and arch != "b32")
-        else f"clip-vit-classification_{fb_suite}"
-    )
-    tp_fb = compose("modelpool=clip-vit-b32_TA8", f"taskpool=CLIPVisionModelTaskPool/{fb_name}").taskpool
+    tp, tp_fb = ours.taskpool, theirs.taskpool
     tp_fb.base_model = base  # FusionBench has no B16/L14 variant of its TALL14/20 task pools
     assert OmegaConf.to_container(tp) == OmegaConf.to_container(tp_fb)
     assert list(tp.test_datasets) == TASKS[suite]

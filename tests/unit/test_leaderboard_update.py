@@ -49,6 +49,7 @@ def ablation():
     return load_script("ablation")
 
 
+@pytest.mark.slow  # composes every ablation row with Hydra (seconds)
 def test_every_ablation_row_composes_and_changes_what_it_says(ablation, tmp_path):
     """Each FW row of benchmarks/ablation.py composes with Hydra into options FWHard/FWSoft accept,
     and differs from its block's base row (the paper preset) in the options it names."""

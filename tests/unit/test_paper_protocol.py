@@ -34,6 +34,7 @@ def task_arithmetic(root, scaling: float) -> dict[str, torch.Tensor]:
     return {k: pre[k] + scaling * sum(m[k] - pre[k] for m in models) for k in models[0]}
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_fw_soft_paper_first_iterate_is_task_arithmetic(tiny_env, tmp_path):
     """k = N (one per target), no inner step, the authors' init 0.3, unconstrained: TA(0.3)."""
     merged, history, _ = run_method(
@@ -45,6 +46,7 @@ def test_fw_soft_paper_first_iterate_is_task_arithmetic(tiny_env, tmp_path):
         torch.testing.assert_close(merged[key].double(), value, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_fw_hard_paper_step_keeps_the_start(tiny_env, tmp_path):
     """With gamma_t = 0.3 * 0.01 * 2/(t+2) the start keeps prod(1 - gamma_s) of the weight (more
     where the LMO picked the start itself), read from the history's coefficients, which
@@ -79,6 +81,7 @@ def test_fw_hard_paper_step_keeps_the_start(tiny_env, tmp_path):
         torch.testing.assert_close(merged[key].double(), rebuilt, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_textbook_step_leaves_the_start_at_once(tiny_env, tmp_path):
     """The same run with the textbook step (gamma_0 = 1): the start's weight is gone unless the LMO picks it."""
     start_file = tmp_path / "start.safetensors"
@@ -97,6 +100,7 @@ def test_textbook_step_leaves_the_start_at_once(tiny_env, tmp_path):
     assert history["iterations"][0]["step_size"] == 1.0
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_merging_weights_start_is_fusionbench_layer_wise_merge(tiny_env, tmp_path):
     """init=merging_weights gives the start FusionBench's LayerWiseMergedModel builds from the same weights."""
     from fusion_bench.models.wrappers.layer_wise_fusion import LayerWiseMergedModel
@@ -137,6 +141,7 @@ def test_merging_weights_of_another_pool_are_refused(tiny_env, tmp_path):
         merging_weights_start(str(tmp_path / "w.pt"), TASKS, ["a", "b", "c", "d", "e"], "_pretrained_")
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_entropy_inner_objective_is_fusionbench_adamerging_entropy(tiny_env, tmp_path):
     """On the same batches and the same merge, TestEntropyObjective's loss equals FusionBench's
     CLIP AdaMerging: LayerWiseMergedModel + its compute_logits + entropy_loss, summed over tasks."""

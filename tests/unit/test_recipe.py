@@ -24,6 +24,7 @@ def modelpool(tiny_clip_root, monkeypatch, one_thread_private_cache):
     return instantiate(cfg.modelpool)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_each_train_set_is_loaded_once_and_warned_about_once(modelpool, tmp_path, caplog, monkeypatch):
     import lightning as L
 

@@ -124,6 +124,7 @@ def test_incompatible_candidate_is_an_error_by_default(pool, tmp_path, no_heavy_
     assert "method.on_incompatible=skip" in str(info.value)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_incompatible_candidate_is_dropped_with_a_warning_on_request(pool, tmp_path, caplog):
     models = dict(pool.default_models)
     models["broken"] = edited_copy(
@@ -203,6 +204,7 @@ def test_fewer_samples_than_n_per_task(pool, tmp_path, no_heavy_work):
         run(FWHard, pool(), tmp_path, n_per_task=100)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_fewer_samples_allowed_uses_what_exists(pool, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         algorithm, _ = run(
@@ -242,6 +244,7 @@ def test_unknown_options_and_bad_step_scale_fail_at_construction(option, value):
             cls(**{option: value})
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_dtype_mismatch_is_cast_with_a_warning(pool, tmp_path, caplog):
     """A float16 candidate merges exactly like a float32 file holding the same (rounded) values."""
     models = dict(pool.default_models)
@@ -319,6 +322,7 @@ def noisy_colors(tmp_path):
     return os.path.join(other["root"], "models", "tiny_colors")
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 @pytest.mark.parametrize(
     "cls,options",
     [(FWHard, dict(granularity="task")), (FWHard, dict(granularity="layer")), (FWSoft, dict(inner_steps=20))],
@@ -338,6 +342,7 @@ def test_a_model_of_another_pretraining_is_left_out(pool, tmp_path, noisy_colors
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_a_kept_far_model_is_never_selected_by_task_wise_fw_hard(pool, tmp_path, noisy_colors):
     """With far_models=keep, task-wise FW-hard from a targets-only start still never selects it."""
     models = {**pool.default_models, "noisy_colors": noisy_colors}
@@ -361,6 +366,7 @@ def test_far_models_are_flagged_by_distance_only():
 
 
 # ------------------------------------------------------------------ determinism
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
 def test_seeded_runs_are_reproducible_and_the_seed_is_recorded(pool, tmp_path):
     kwargs = dict(granularity="task", inner_steps=3, seed=7)
     first, merged_a = run(FWSoft, pool(), tmp_path / "a", **kwargs)
