@@ -41,6 +41,10 @@ def load_checkpoint(path: str) -> tuple[dict[str, Tensor], Tensor | None, RunHis
     return theta, alpha, history, rng
 
 
+RESUMABLE_CHANGES = {"max_iters", "gap_tol"}  # solver settings a resume may change (e.g. to run longer)
+RESUMABLE_RECORD_CHANGES = {"world_size"}  # the sharded LMO and objective give the same run on any number of ranks
+
+
 def check_resumable(saved: RunHistory, fresh: RunHistory, path: str) -> None:
     """Refuse to resume a run whose settings, pool or tasks differ from the saved one."""
     for field in ("variant", "tasks", "basis", "vertices", "keys", "seed"):
@@ -49,12 +53,19 @@ def check_resumable(saved: RunHistory, fresh: RunHistory, path: str) -> None:
                 f"checkpoint {path!r} was made with a different {field} "
                 f"({getattr(saved, field)!r} vs {getattr(fresh, field)!r}); delete it or set resume=false"
             )
-    ignore = {"max_iters", "gap_tol"}
-    a = {k: v for k, v in saved.config.items() if k not in ignore}
-    b = {k: v for k, v in fresh.config.items() if k not in ignore}
-    if a != b:
-        diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-        raise ValueError(f"checkpoint {path!r} was made with other settings {diff}; delete it or set resume=false")
+    for what, saved_values, fresh_values, ignore in (
+        ("settings", saved.config, fresh.config, RESUMABLE_CHANGES),
+        ("run options", saved.extra, fresh.extra, RESUMABLE_RECORD_CHANGES),
+    ):
+        a = {k: v for k, v in saved_values.items() if k not in ignore}
+        b = {k: v for k, v in fresh_values.items() if k not in ignore}
+        if a != b:
+            diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            shown = ", ".join(f"{k}: {a.get(k)!r} then, {b.get(k)!r} now" for k in diff)
+            raise ValueError(
+                f"checkpoint {path!r} was made with other {what} ({shown}); run with the saved values, "
+                "delete the checkpoint, or set resume=false"
+            )
 
 
 def checkpoint_exists(path: str | None) -> bool:

@@ -33,7 +33,15 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .stores import SafetensorsVertexStore, Shape, StoreError, VertexStore, check_finite_tensor, checkpoint_header
+from .stores import (
+    Header,
+    SafetensorsVertexStore,
+    Shape,
+    StoreError,
+    VertexStore,
+    check_finite_tensor,
+    checkpoint_header,
+)
 
 log = logging.getLogger(__name__)
 
@@ -110,14 +118,17 @@ class ShardedSafetensorsModel(VertexStore):
     """One checkpoint (``name``) spread over several safetensors files: one memory-mapped
     :class:`SafetensorsVertexStore` per shard, each read tensor by tensor on demand."""
 
-    def __init__(self, name: str, files: Sequence[str], keys: Sequence[str] | None = None):
+    def __init__(
+        self,
+        name: str,
+        files: Sequence[str],
+        keys: Sequence[str] | None = None,
+        headers: Mapping[str, Header] | None = None,
+    ):
         self.names = [name]
         shard_of: dict[str, SafetensorsVertexStore] = {}
-        headers = []
-        for path in files:
-            _, header = checkpoint_header(name, path)
-            headers.append((path, header))
-        available = {k: path for path, header in headers for k in header}
+        read = {path: (headers or {}).get(path) or checkpoint_header(name, path) for path in files}
+        available = {k: path for path, (_, header) in read.items() for k in header}
         self.keys = list(keys) if keys is not None else list(available)
         missing = [k for k in self.keys if k not in available]
         if missing:
@@ -125,10 +136,10 @@ class ShardedSafetensorsModel(VertexStore):
                 f"base model {name!r} has no tensor {missing[0]!r} in {list(files)} ({len(missing)} missing); "
                 "the base must be the pretrained model the adapters were trained on"
             )
-        for path, _ in headers:
+        for path, header in read.items():
             wanted = [k for k in self.keys if available[k] == path]
             if wanted:
-                store = SafetensorsVertexStore({name: path}, wanted)
+                store = SafetensorsVertexStore({name: path}, wanted, headers={name: header})
                 shard_of.update({k: store for k in wanted})
         self._shard_of = shard_of
 
@@ -159,10 +170,15 @@ def safetensors_model_files(path: str) -> list[str]:
 
 
 def open_safetensors_model(
-    name: str, path: str, keys: Sequence[str] | None = None, shapes: Mapping[str, Shape] | None = None
+    name: str,
+    path: str,
+    keys: Sequence[str] | None = None,
+    shapes: Mapping[str, Shape] | None = None,
+    headers: Mapping[str, Header] | None = None,
 ) -> ShardedSafetensorsModel:
-    """The saved model at ``path`` as a one-checkpoint store, shapes checked against ``shapes``."""
-    model = ShardedSafetensorsModel(name, safetensors_model_files(path), keys)
+    """The saved model at ``path`` as a one-checkpoint store, shapes checked against ``shapes``
+    (``headers``: the shards' headers already read, by file)."""
+    model = ShardedSafetensorsModel(name, safetensors_model_files(path), keys, headers)
     for key, shape in (shapes or {}).items():
         if tuple(model.shape(key)) != tuple(shape):
             raise LoraFormatError(

@@ -58,6 +58,7 @@ def frank_wolfe(
     resume: bool = False,
     communicator: Communicator = SINGLE_PROCESS,
     inner_objective: Objective | None = None,
+    run_record: dict | None = None,
 ) -> FrankWolfeResult:
     """Run ``config``'s variant on ``plan`` (:func:`~.vertices.plan_vertices`) and return the
     merged tensors, the history and the coefficients alpha (None once TIES left the hull).
@@ -69,10 +70,13 @@ def frank_wolfe(
     its own batches); every rank resumes from the same ``checkpoint_path``, rank 0 writes it.
     FW-soft's inner search runs on ``inner_objective`` (required by ``inner_loss=entropy_test``;
     a stochastic one makes a resumed run differ from an uninterrupted one) or on ``objective``.
+    ``run_record``: what the caller ran around the solver (its options, the data it drew), kept in
+    the history's ``extra``; a resume under another record is refused like one under other settings.
     """
     if config.variant == "soft" and config.inner_loss != "ce_train" and inner_objective is None:
         raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
     run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed, inner_objective)
+    run.history.extra.update(run_record or {})
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
     bar = tqdm(
         range(first, config.max_iters),

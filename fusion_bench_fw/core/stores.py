@@ -148,14 +148,25 @@ def read_safetensors_header(path: str) -> tuple[int, dict[str, dict]]:
     return data_start, header
 
 
-def checkpoint_header(name: str, path: str) -> tuple[int, dict[str, dict]]:
-    """:func:`read_safetensors_header`, failing with a :class:`StoreError` that names the checkpoint."""
+class UnreadableCheckpointError(StoreError):
+    """A checkpoint file that cannot be read (missing, truncated, corrupt): ``name``, ``path`` and the
+    error as attributes, so that a caller that knows where the file came from can say how to fix it."""
+
+    def __init__(self, name: str, path: str, cause: BaseException):
+        self.name, self.path, self.cause = name, path, cause
+        fix = "re-download or re-save it" if os.path.exists(path) else "the file does not exist"
+        super().__init__(f"checkpoint {name!r}: cannot read safetensors file {path!r} ({type(cause).__name__}: {cause}); {fix}")
+
+
+Header = tuple[int, dict[str, dict]]  # read_safetensors_header's (data start, tensor entries)
+
+
+def checkpoint_header(name: str, path: str) -> Header:
+    """:func:`read_safetensors_header`, failing with an :class:`UnreadableCheckpointError`."""
     try:
         return read_safetensors_header(path)
     except Exception as exc:  # OSError, bad JSON, bad offsets
-        from fusion_bench_fw.load_errors import explain_load_failure
-
-        raise StoreError(explain_load_failure(name, path, exc, what=f"cannot read safetensors file {path!r}")) from exc
+        raise UnreadableCheckpointError(name, path, exc) from exc
 
 
 class SafetensorsVertexStore(VertexStore):
@@ -172,7 +183,8 @@ class SafetensorsVertexStore(VertexStore):
 
     ``key_in_file`` maps a parameter name of the merged module to the tensor name in
     the file (identity by default); construction validates names and shapes from the
-    file headers only, so no tensor data is read until :meth:`tensor` asks for it.
+    file headers only (``headers``: those already read, by checkpoint name), so no tensor
+    data is read until :meth:`tensor` asks for it.
     """
 
     def __init__(
@@ -182,6 +194,7 @@ class SafetensorsVertexStore(VertexStore):
         shapes: Mapping[str, Shape] | None = None,
         key_in_file: Mapping[str, Mapping[str, str]] | None = None,
         resident_tensors: int = 2,
+        headers: Mapping[str, Header] | None = None,
     ):
         if not paths:
             raise StoreError("the store is empty: give at least one checkpoint")
@@ -197,7 +210,7 @@ class SafetensorsVertexStore(VertexStore):
         self._shapes: dict[str, Shape] = dict(shapes or {})
         for name in self.names:
             path = self.paths[name]
-            data_start, header = checkpoint_header(name, path)
+            data_start, header = (headers or {}).get(name) or checkpoint_header(name, path)
             entries = {}
             for key in self.keys:
                 file_key = self._key_in_file[name].get(key, key)

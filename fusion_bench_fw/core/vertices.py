@@ -33,17 +33,18 @@ def start_coefficients(
     targets: Sequence[str],
     *,
     pretrained: str,
-    init_file: str,
+    init_path_checkpoint: str,
     scaling: float,
     members="all",
 ) -> dict[str, float]:
-    """theta_0 over the stored checkpoints: the pretrained model, an explicit file, or task
+    """theta_0 over the stored checkpoints: the pretrained model, the model read from init_path (stored as
+    ``init_path_checkpoint``), or task
     arithmetic ``pretrained + scaling * sum_i (m_i - pretrained)`` over ``members`` (``all``
     candidates, the ``targets`` among them, or a list of names)."""
     if init == "pretrained":
         return {pretrained: 1.0}
     if init == "file":
-        return {init_file: 1.0}
+        return {init_path_checkpoint: 1.0}
     if init != "task_arithmetic":
         raise ValueError(f"unknown init {init!r}; use one of {INITS}")
     if members == "all":

@@ -85,3 +85,45 @@ def test_resume_refuses_a_checkpoint_of_other_settings(tmp_path):
             checkpoint_path=ckpt,
             resume=True,
         )
+
+
+def test_resume_refuses_other_run_options_and_names_them(tmp_path):
+    """What the caller ran around the solver (FWHard/FWSoft: targets, samples, seed, start...) must
+    match too: a resume under another n_per_task is refused with the option and both values; only
+    the world size may change."""
+    models = random_pool(3, SHAPES, seed=1)
+    store, names, target = InMemoryVertexStore(models), ["m0", "m1", "m2"], models["m0"]
+    ckpt = str(tmp_path / "state.safetensors")
+    record = {"n_per_task": 100, "targets": ["a"], "world_size": 1}
+    common = dict(progress=False, checkpoint_path=ckpt)
+    solve(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        HardConfig(max_iters=2),
+        run_record=record,
+        **common,
+    )
+    with pytest.raises(ValueError, match=r"other run options \(n_per_task: 100 then, 32 now\)"):
+        solve(
+            QuadraticObjective(target),
+            store,
+            names,
+            {"_pretrained_": 1.0},
+            HardConfig(max_iters=4),
+            run_record={**record, "n_per_task": 32},
+            resume=True,
+            **common,
+        )
+    resumed = solve(
+        QuadraticObjective(target),
+        store,
+        names,
+        {"_pretrained_": 1.0},
+        HardConfig(max_iters=4),
+        run_record={**record, "world_size": 2},
+        resume=True,
+        **common,
+    )
+    assert len(resumed.history.iterations) == 4 and resumed.history.extra["world_size"] == 2
