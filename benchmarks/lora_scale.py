@@ -171,7 +171,7 @@ def run_child(spec: dict) -> dict:
 
     from fusion_bench_fw.core.lmo import Blocks, score_vertices
     from fusion_bench_fw.core.lora_store import open_safetensors_model
-    from fusion_bench_fw.fusionbench.pool_store import build_vertex_store
+    from fusion_bench_fw.fusionbench.pool import build_vertex_store
 
     torch.set_num_threads(spec["threads"])
     root, n = Path(spec["root"]), spec["n"]

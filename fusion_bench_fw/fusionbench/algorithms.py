@@ -9,7 +9,6 @@ Options, their defaults and their documentation: :mod:`.options`.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 from dataclasses import dataclass
@@ -28,11 +27,10 @@ from fusion_bench_fw.core.vertices import plan_vertices
 
 from . import observe
 from .distributed import fabric_communicator
-from .objectives import build_inner_objective, build_objective, pool_kind
-from .objectives.sampling import Sampling, load_train_sets
+from .objectives import ENTROPY_NEEDS_CLIP, build_inner_objective, build_objective
+from .objectives.sampling import Sampling
 from .options import AUTOCAST_DTYPES, args_docstring, split_options
-from .pool_store import build_store
-from .validation import check_pool, check_targets, load_model_checked
+from .pool import read_pool
 
 log = logging.getLogger(__name__)
 
@@ -57,49 +55,32 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
     def run(self, modelpool: BaseModelPool) -> nn.Module:
         opts, config = self.options, self.solver_config
         paths = self._output_paths()
-        kind = pool_kind(modelpool)
-        targets = check_targets(modelpool, opts.targets)
-        template = load_template(modelpool)
-        shapes = {n: tuple(p.shape) for n, p in template.named_parameters() if p.is_floating_point()}
-        train_sets = load_train_sets(modelpool, targets)
-        pool = check_pool(modelpool, template, shapes, train_sets, opts, paths.cache_dir)
-        keys = list(shapes)
-        plan = plan_vertices(
-            pool.candidates, opts.start(pool.candidates, targets, keys), config, len(targets), PRETRAINED
-        )
-        inner = None  # FW-soft's inner objective when it is not the outer one: built (or refused) before heavy work
-        if getattr(config, "inner_loss", "ce_train") != "ce_train":
+        entropy = getattr(config, "inner_loss", "ce_train") != "ce_train"
+        pool = read_pool(modelpool, opts, paths.cache_dir, clip_only=ENTROPY_NEEDS_CLIP if entropy else None)
+        start = opts.start.coefficients(pool.members, pool.models, pool.targets, pool.keys)
+        plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
+        store = pool.store_for(plan, resident=opts.start.resident(pool.keys))
+        template = pool.template.to(self.fabric.device).eval()
+        inner = None  # FW-soft's inner objective, when it is not the outer one
+        if entropy:
             inner = build_inner_objective(
-                kind, modelpool, template, targets, fabric=self.fabric, batch_size=config.inner_batch_size
+                modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
             )
-        exclude_far = opts.far_models == "exclude"  # planned above first: a bad plan fails before heavy work
-        store, far = build_store(
-            modelpool, pool.candidates, template, shapes, opts.store, paths.cache_dir, opts.init_file, exclude_far
-        )
-        if exclude_far and far:
-            candidates = [c for c in pool.candidates if c not in far]
-            members = pool.candidates if opts.init == "merging_weights" else candidates  # AdaMerging weighed them all
-            plan = plan_vertices(candidates, opts.start(members, targets, keys), config, len(targets), PRETRAINED)
-        template = template.to(self.fabric.device).eval()
-        sampling = Sampling(opts.n_per_task, opts.batch_size, opts.seed)
         objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
-            kind,
+            pool.kind,
             modelpool,
             template,
-            train_sets,
-            sampling,
+            pool.train_sets,
+            Sampling(opts.n_per_task, opts.batch_size, opts.seed),
             fabric=self.fabric,
             task_weighting=opts.task_weighting,
             autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
         )
-        result = self._solve(objective, store, plan, paths, inner)
-        result.history.extra.update(
-            {"targets": targets, "n_per_task": opts.n_per_task, "init": opts.init, "world_size": self.fabric.world_size}
-        )
+        result = self._solve(objective, store, plan, paths, inner, run_record(opts, pool.targets, self.fabric))
         self.save_history(result.history, paths.history)
         return assemble(template, result.params)
 
-    def _solve(self, objective, store, plan, paths: OutputPaths, inner_objective=None) -> FrankWolfeResult:
+    def _solve(self, objective, store, plan, paths: OutputPaths, inner_objective, record: dict) -> FrankWolfeResult:
         opts = self.options
         if opts.resume and not os.path.exists(paths.checkpoint):
             log.warning("resume=true but no checkpoint at %s: starting from scratch", paths.checkpoint)
@@ -121,6 +102,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             resume=opts.resume,
             communicator=fabric_communicator(self.fabric),
             inner_objective=inner_objective,
+            run_record=record,
         )
 
     def on_iteration(self, record: IterationRecord, history: RunHistory, history_path: str) -> None:
@@ -151,12 +133,31 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         )
 
 
-def load_template(modelpool) -> nn.Module:
-    """The pool's pretrained model, this run's own copy: the merge is written into it."""
-    template = load_model_checked(modelpool, PRETRAINED)
-    if modelpool.has_instance_models:  # the pool hands out its own object: never touch it
-        template = copy.deepcopy(template)
-    return template
+# the run options a resumed run must share with the saved one (the others name outputs or how it shows)
+RESUME_MUST_MATCH = (
+    "targets",
+    "n_per_task",
+    "batch_size",
+    "seed",
+    "task_weighting",
+    "init",
+    "init_scaling",
+    "init_models",
+    "init_path",
+    "far_models",
+    "on_incompatible",
+    "store",
+    "autocast",
+)
+
+
+def run_record(options, targets: list[str], fabric) -> dict:
+    """What the history records of the run around the solver (``extra``): the resolved targets, the
+    run options a resume must match, the world size."""
+    from dataclasses import asdict
+
+    chosen = {k: v for k, v in asdict(options).items() if k in RESUME_MUST_MATCH}
+    return {**chosen, "targets": targets, "world_size": fabric.world_size}
 
 
 def assemble(template: nn.Module, params: dict[str, torch.Tensor]) -> nn.Module:

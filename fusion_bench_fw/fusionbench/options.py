@@ -24,16 +24,17 @@ from typing import Any, get_type_hints
 
 import torch
 
-from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.config import CONFIGS, FrankWolfeConfig, check_choice, check_positive_int
-from fusion_bench_fw.core.vertices import INIT_MODELS, INITS, start_coefficients
+from fusion_bench_fw.core.objective import TASK_WEIGHTINGS
+from fusion_bench_fw.core.vertices import INIT_MODELS, INITS
+
+from .start import Start
 
 ON_INCOMPATIBLE = ("error", "skip")
 FAR_MODELS = ("exclude", "keep")
 STORE_MODES = ("auto", "safetensors", "memory")
 AUTOCAST_DTYPES = {None: None, "bf16": torch.bfloat16, "fp16": torch.float16}
 TARGETS = {"hard": "fusion_bench_fw.FWHard", "soft": "fusion_bench_fw.FWSoft"}  # the classes, by import path
-INIT_FILE = "__init_file__"  # the store's name for the start point of init=file
 
 
 def plain(value: Any) -> Any:
@@ -105,9 +106,14 @@ class RunOptions:
     def __post_init__(self):
         check_positive_int("n_per_task", self.n_per_task)
         check_positive_int("batch_size", self.batch_size)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)
         check_choice("on_incompatible", self.on_incompatible, ON_INCOMPATIBLE)
         check_choice("far_models", self.far_models, FAR_MODELS)
         check_choice("init", self.init, INITS)
+        if isinstance(self.init_scaling, bool) or not isinstance(self.init_scaling, (int, float)):
+            raise ValueError(f"init_scaling must be a number, got {self.init_scaling!r}")
         if self.init in ("file", "merging_weights") and not self.init_path:
             raise ValueError(
                 f"init={self.init} needs method.init_path (a merged model file or folder for init=file; "
@@ -115,31 +121,20 @@ class RunOptions:
             )
         if isinstance(self.init_models, str):
             check_choice("init_models", self.init_models, INIT_MODELS)
+        elif not (isinstance(self.init_models, list) and all(isinstance(m, str) for m in self.init_models)):
+            raise ValueError(f"init_models must be all, targets or a list of model names, got {self.init_models!r}")
+        if self.targets is not None and not (
+            isinstance(self.targets, list) and self.targets and all(isinstance(t, str) for t in self.targets)
+        ):
+            raise ValueError(f"targets must be null or a non-empty list of task names, got {self.targets!r}")
         check_choice("store", self.store, STORE_MODES)
         if self.autocast not in AUTOCAST_DTYPES:
             raise ValueError(f"unknown autocast {self.autocast!r}; use null, bf16 or fp16")
 
-    def start(self, candidates, targets, keys) -> dict[str, float | list[float]]:
-        """theta_0 over the stored checkpoints (the pool's pretrained model, the candidates, INIT_FILE);
-        ``keys``: the merged tensors, in the order of the model's parameters."""
-        if self.init == "merging_weights":
-            from .pool_store import merging_weights_start
-
-            return merging_weights_start(self.init_path, candidates, keys, PRETRAINED)
-        return start_coefficients(
-            self.init,
-            candidates,
-            targets,
-            pretrained=PRETRAINED,
-            init_file=INIT_FILE,
-            scaling=self.init_scaling,
-            members=self.init_models,
-        )
-
     @property
-    def init_file(self) -> str | None:
-        """The start point's file, when the run starts from one (``init=file``)."""
-        return self.init_path if self.init == "file" else None
+    def start(self) -> Start:
+        """The run's start point (:mod:`.start`)."""
+        return Start(self.init, float(self.init_scaling), self.init_models, self.init_path)
 
 
 @dataclass(frozen=True)

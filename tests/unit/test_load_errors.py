@@ -62,7 +62,7 @@ def clip_pool(models: dict):
 
 
 def load_error(pool, name: str) -> str:
-    from fusion_bench_fw.fusionbench.validation import load_model_checked
+    from fusion_bench_fw.fusionbench.pool import load_model_checked
 
     with pytest.raises(StoreError) as info:
         load_model_checked(pool, name)
@@ -150,10 +150,12 @@ def test_missing_tiny_pool_model_names_its_builder(monkeypatch, tmp_path, env, m
     assert f"build it with `python -m fusion_bench_fw.offline.{module} {root}`" in message
 
 
-def test_missing_safetensors_file_in_the_core_store(tmp_path):
+def test_missing_safetensors_file_as_the_pool_reads_it(tmp_path):
+    from fusion_bench_fw.fusionbench.pool import read_header
+
     path = tmp_path / "gone.safetensors"
     with pytest.raises(StoreError) as info:
-        checkpoint_header("m0", str(path))
+        read_header("m0", str(path))
     message = str(info.value)
     assert f"checkpoint 'm0': cannot read safetensors file '{path}'" in message
     assert f"the local path {path} does not exist" in message
@@ -161,14 +163,30 @@ def test_missing_safetensors_file_in_the_core_store(tmp_path):
 
 
 # ------------------------------------------------------------------ (c) a file that exists but is bad
-def test_corrupt_file_in_the_core_store_says_re_download(tmp_path):
+def test_corrupt_file_as_the_pool_reads_it_says_re_download(tmp_path):
+    from fusion_bench_fw.fusionbench.pool import read_header
+
     path = tmp_path / "m0.safetensors"
     path.write_bytes(b"\x07" * 64)
     with pytest.raises(StoreError) as info:
-        checkpoint_header("m0", str(path))
+        read_header("m0", str(path))
     message = str(info.value)
     assert f"{path} exists but is truncated or corrupt: re-download or re-save it" in message
     assert "hub" not in message and "does not exist" not in message
+
+
+@pytest.mark.parametrize("exists", [False, True])
+def test_the_core_store_names_the_file_and_keeps_the_cause(tmp_path, exists):
+    """The core (no FusionBench, no builders) says what failed; the adapter adds where it came from."""
+    from fusion_bench_fw.core.stores import UnreadableCheckpointError
+
+    path = tmp_path / "m0.safetensors"
+    if exists:
+        path.write_bytes(b"\x07" * 64)
+    with pytest.raises(UnreadableCheckpointError) as info:
+        checkpoint_header("m0", str(path))
+    assert (info.value.name, info.value.path) == ("m0", str(path)) and info.value.cause is not None
+    assert str(info.value).endswith("re-download or re-save it" if exists else "the file does not exist")
 
 
 def test_corrupt_model_folder_through_the_pool(hub_offline, no_network, tmp_path):

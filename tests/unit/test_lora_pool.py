@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from safetensors.torch import load_file
 
-from fusion_bench_fw.fusionbench.pool_store import build_vertex_store
+from fusion_bench_fw.fusionbench.pool import build_vertex_store
 
 R, LORA_ALPHA = 2, 6
 

@@ -299,7 +299,7 @@ def test_pool_store_keeps_lora_entries_as_factors_next_to_full_weights(tmp_path,
     from fusion_bench.modelpool import CausalLMPool
     from omegaconf import OmegaConf
 
-    from fusion_bench_fw.fusionbench.pool_store import build_vertex_store
+    from fusion_bench_fw.fusionbench.pool import build_vertex_store
 
     base_model = _tiny_llama()
     base_model.save_pretrained(tmp_path / "base")

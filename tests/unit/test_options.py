@@ -99,3 +99,20 @@ def test_fw_hard_and_fw_soft_defaults_differ_where_the_paper_says():
 def test_k_with_per_task_selection_is_refused():
     with pytest.raises(ValueError, match="k=3 is not read by soft_select=per_task"):
         FrankWolfeConfig.build("soft", k=3)
+
+
+@pytest.mark.parametrize(
+    "option,value,message",
+    [
+        ("task_weighting", "median", "unknown task_weighting 'median'"),
+        ("seed", 1.5, "seed must be an integer"),
+        ("targets", "tiny_colors", "targets must be null or a non-empty list"),
+        ("init_models", 3, "init_models must be all, targets or a list"),
+        ("init_scaling", "big", "init_scaling must be a number"),
+        ("init", "file", "init=file needs method.init_path"),
+    ],
+)
+def test_run_options_are_checked_when_the_algorithm_is_made(option, value, message):
+    """Every run option fails at construction (seconds before any pool is read), naming itself."""
+    with pytest.raises(ValueError, match=message):
+        FWHard(**{option: value})

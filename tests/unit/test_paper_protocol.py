@@ -64,7 +64,7 @@ def test_fw_hard_paper_step_keeps_the_start(tiny_env, tmp_path):
         keep *= 1 - g
     alpha = torch.tensor(history["coefficients"], dtype=torch.float64)
     basis, vertices = history["basis"], history["vertices"]
-    start_row = alpha[basis.index("__init_file__")]
+    start_row = alpha[basis.index("__init_path__")]
     assert bool((start_row >= keep - 1e-12).all())
     start_vertex = vertices.index("__init__")  # the start, as the LMO sees it
     never = [
@@ -72,10 +72,10 @@ def test_fw_hard_paper_step_keeps_the_start(tiny_env, tmp_path):
     ]
     assert never, "the LMO picked the start for every tensor: the exact case is not exercised"
     torch.testing.assert_close(start_row[never], torch.full((len(never),), keep, dtype=torch.float64))
-    files = {"__init_file__": load_file(str(start_file))}
+    files = {"__init_path__": load_file(str(start_file))}
     files.update({n: load_file(str(tiny_env / "models" / n / "model.safetensors")) for n in basis if n in TASKS})
     files["_pretrained_"] = load_file(str(tiny_env / "models" / "_pretrained_" / "model.safetensors"))
-    assert set(history["keys"]) <= set(files["__init_file__"])
+    assert set(history["keys"]) <= set(files["__init_path__"])
     for p, key in enumerate(history["keys"]):
         rebuilt = sum(alpha[i, p] * files[name][key].double() for i, name in enumerate(basis))
         torch.testing.assert_close(merged[key].double(), rebuilt, atol=1e-5, rtol=1e-5)
@@ -108,7 +108,7 @@ def test_merging_weights_start_is_fusionbench_layer_wise_merge(tiny_env, tmp_pat
 
     from fusion_bench_fw.core.solver import materialise
     from fusion_bench_fw.core.stores import InMemoryVertexStore
-    from fusion_bench_fw.fusionbench.pool_store import merging_weights_start
+    from fusion_bench_fw.fusionbench.start import merging_weights_start
 
     pool = instantiate(method_config([]).modelpool)
     pretrained = pool.load_model("_pretrained_")
@@ -123,7 +123,7 @@ def test_merging_weights_start_is_fusionbench_layer_wise_merge(tiny_env, tmp_pat
         tie_weights=True,
         strict=False,
     ).merge_and_unload()
-    start = merging_weights_start(str(tmp_path / "merging_weights.pt"), pool.model_names, keys, "_pretrained_")
+    start = merging_weights_start(str(tmp_path / "merging_weights.pt"), pool.model_names, keys)
     names = ["_pretrained_", *pool.model_names]
     state = {n: {k: v.detach().float() for k, v in pool.load_model(n).state_dict().items() if k in keys} for n in names}
     alpha = torch.tensor([start[n] for n in names], dtype=torch.float64)
@@ -134,11 +134,11 @@ def test_merging_weights_start_is_fusionbench_layer_wise_merge(tiny_env, tmp_pat
 
 
 def test_merging_weights_of_another_pool_are_refused(tiny_env, tmp_path):
-    from fusion_bench_fw.fusionbench.pool_store import merging_weights_start
+    from fusion_bench_fw.fusionbench.start import merging_weights_start
 
     torch.save(torch.zeros(3, 7), tmp_path / "w.pt")
     with pytest.raises(ValueError, match=r"expected \(4, 5\).*same pool"):
-        merging_weights_start(str(tmp_path / "w.pt"), TASKS, ["a", "b", "c", "d", "e"], "_pretrained_")
+        merging_weights_start(str(tmp_path / "w.pt"), TASKS, ["a", "b", "c", "d", "e"])
 
 
 @pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only

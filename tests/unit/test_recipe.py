@@ -1,5 +1,5 @@
 """FWHard.run as a recipe on the tiny CLIP pool, in process: every train set is loaded once,
-the 'fewer samples' warning is logged once, and checking the pool writes nothing."""
+the 'fewer samples' warning is logged once, and reading a pool of files writes nothing."""
 
 from __future__ import annotations
 
@@ -53,17 +53,16 @@ def test_each_train_set_is_loaded_once_and_warned_about_once(modelpool, tmp_path
     assert sorted(warnings) == sorted(f"task {t}: using all 64 samples (fewer than n_per_task=100)" for t in TASKS)
 
 
-def test_checking_the_pool_writes_nothing(modelpool, tmp_path):
-    from fusion_bench_fw.fusionbench.algorithms import load_template
-    from fusion_bench_fw.fusionbench.objectives.sampling import load_train_sets
+def test_reading_the_pool_writes_nothing_when_every_candidate_has_a_file(modelpool, tmp_path):
+    """The one pass over a pool of safetensors files: every candidate kept, in pool order, each file
+    read in place (no spill cache made), the pretrained model as the template."""
     from fusion_bench_fw.fusionbench.options import RunOptions
-    from fusion_bench_fw.fusionbench.validation import check_pool
+    from fusion_bench_fw.fusionbench.pool import read_pool
 
-    template = load_template(modelpool)
-    shapes = {n: tuple(p.shape) for n, p in template.named_parameters()}
     cache = tmp_path / "cache"
-    checked = check_pool(
-        modelpool, template, shapes, load_train_sets(modelpool, TASKS[:1]), RunOptions(n_per_task=8), cache
-    )
-    assert checked.candidates == TASKS and checked.dropped == {}
+    pool = read_pool(modelpool, RunOptions(n_per_task=8, targets=TASKS[:1]), str(cache))
+    assert pool.kind == "clip" and pool.targets == TASKS[:1] and list(pool.train_sets) == TASKS[:1]
+    assert pool.models == TASKS and pool.members == TASKS and pool.dropped == {} and pool.far == []
+    assert all(c.path.endswith("model.safetensors") and c.state is None for c in pool.candidates.values())
+    assert list(pool.store.names) == TASKS and set(pool.distances) == set(TASKS)
     assert not cache.exists()

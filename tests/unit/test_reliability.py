@@ -357,8 +357,24 @@ def test_a_kept_far_model_is_never_selected_by_task_wise_fw_hard(pool, tmp_path,
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
+def test_a_far_model_named_in_init_models_is_left_out_of_the_start_too(pool, tmp_path, noisy_colors, caplog):
+    """init_models names a far model that far_models=exclude drops: the start leaves it out (with a
+    warning) instead of failing, and the merge is the clean pool's with the other start models."""
+    models = {**pool.default_models, "noisy_colors": noisy_colors}
+    options = dict(granularity="task", max_iters=2, init_models=["tiny_colors", "noisy_colors", "tiny_sizes"])
+    with caplog.at_level(logging.WARNING):
+        with_noisy, merged = run(FWHard, pool(models=models), tmp_path / "with", **options)
+    assert any("init_models" in r.getMessage() and "noisy_colors" in r.getMessage() for r in caplog.records)
+    assert "noisy_colors" not in with_noisy.history.basis
+    clean_options = {**options, "init_models": ["tiny_colors", "tiny_sizes"]}
+    _, merged_clean = run(FWHard, pool(), tmp_path / "clean", **clean_options)
+    for a, b in zip(merged.state_dict().values(), merged_clean.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
 def test_far_models_are_flagged_by_distance_only():
-    from fusion_bench_fw.fusionbench.pool_store import find_far_models
+    from fusion_bench_fw.fusionbench.pool import find_far_models
 
     assert find_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 6.1}) == ["d"]
     assert find_far_models({"a": 1.0, "b": 1.2, "c": 0.9, "d": 4.9}) == []

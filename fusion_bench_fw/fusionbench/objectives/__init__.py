@@ -90,13 +90,16 @@ def build_objective(
     )
 
 
-def build_inner_objective(kind: str, modelpool, template: nn.Module, targets, *, fabric, batch_size: int):
-    """FW-soft's ``inner_loss=entropy_test`` objective (:class:`.clip.TestEntropyObjective`): CLIP pools only."""
-    if kind != "clip":
-        raise ValueError(
-            f"inner_loss=entropy_test (AdaMerging-style test-time entropy) needs a CLIP vision pool; this pool is "
-            f"{kind}: use method.inner_loss=ce_train"
-        )
+# why a run with FW-soft's entropy inner loss needs a CLIP pool (refused before anything is read)
+ENTROPY_NEEDS_CLIP = (
+    "inner_loss=entropy_test (AdaMerging-style test-time entropy on the CLIP task pool's test batches; "
+    "use method.inner_loss=ce_train elsewhere)"
+)
+
+
+def build_inner_objective(modelpool, template: nn.Module, targets, *, fabric, batch_size: int):
+    """FW-soft's ``inner_loss=entropy_test`` objective (:class:`.clip.TestEntropyObjective`): CLIP pools
+    only (:data:`ENTROPY_NEEDS_CLIP`)."""
     from .clip import TestEntropyObjective, ZeroShotHeads
 
     return TestEntropyObjective(
