@@ -71,6 +71,26 @@ class FrankWolfeConfig:
         if self.gap_tol is not None and not self.gap_tol >= 0:
             raise ValueError(f"gap_tol must be >= 0 or null, got {self.gap_tol!r}")
 
+    # what the solver asks of a variant (each answers for itself; its step: hard.HardStep, soft.SoftStep)
+    @property
+    def per_task_gradients(self) -> bool:
+        """Whether the LMO needs each target task's gradient besides the total."""
+        return False
+
+    @property
+    def tracks_coefficients(self) -> bool:
+        """Whether every iterate stays a combination of the stored checkpoints (alpha is kept)."""
+        return True
+
+    @property
+    def needs_inner_objective(self) -> bool:
+        """Whether the run needs an objective besides the outer one."""
+        return False
+
+    def selection_size(self, n_tasks: int, n_vertices: int) -> int | None:
+        """How many vertices one iteration selects (None: one per block, FW-hard)."""
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """The variant and every option, flat (as a run's history records them)."""
         return {"variant": self.variant, **asdict(self)}
@@ -132,6 +152,10 @@ class HardConfig(FrankWolfeConfig):
         check_choice("ties_disjoint", self.ties_disjoint, TIES_DISJOINT)
         if not 0 < self.ties_density <= 1:
             raise ValueError(f"ties_density must be in (0, 1], got {self.ties_density!r}")
+
+    @property
+    def tracks_coefficients(self) -> bool:
+        return self.merge_fn == "task_arithmetic"  # TIES leaves the hull
 
 
 @dataclass(frozen=True)
@@ -206,6 +230,24 @@ class SoftConfig(FrankWolfeConfig):
                 raise ValueError(f"{name} must be in [0, 1] or null, got {value!r}")
         check_choice("inner_loss", self.inner_loss, INNER_LOSSES)
         check_positive_int("inner_batch_size", self.inner_batch_size)
+
+    @property
+    def per_task_gradients(self) -> bool:
+        return self.soft_select == "per_task"
+
+    @property
+    def needs_inner_objective(self) -> bool:
+        return self.inner_loss != "ce_train"
+
+    def selection_size(self, n_tasks: int, n_vertices: int) -> int:
+        """k: the number of target tasks (``per_task``, or k null), else k itself."""
+        if self.soft_select == "per_task" or self.k is None:
+            return min(n_tasks, n_vertices)
+        if self.k > n_vertices:
+            raise ValueError(
+                f"k={self.k} is larger than the number of vertices in the pool ({n_vertices}); lower method.k"
+            )
+        return self.k
 
     def inner_start(self, t: int, k: int) -> float:
         """The inner search's starting lambda at iteration ``t`` with ``k`` selected vertices."""

@@ -6,11 +6,25 @@ import torch
 from torch import Tensor
 
 from .config import HardConfig
-from .lmo import Blocks
+from .lmo import Blocks, select_hard
 from .merge_fns import task_arithmetic_direction, ties_direction, trim_threshold
 from .objective import Objective
 from .steps import golden_section_search, scheduled_step
 from .vertices import Vertices
+
+
+class HardStep:
+    """FW-hard's iteration after the LMO pass: the argmin vertex of each block, then the step."""
+
+    def __init__(self, config: HardConfig, objective: Objective, vertices: Vertices, blocks: Blocks, **_):
+        self.config, self.objective, self.vertices, self.blocks = config, objective, vertices, blocks
+
+    def update(self, theta, alpha, scores: Tensor, record, t: int) -> Tensor:
+        """Move ``theta`` (and ``alpha``, unless None) by ``scores`` (gradients x vertices x blocks);
+        records the step size; returns the choice, (1, blocks) vertex indices."""
+        chosen = select_hard(scores[0])
+        record.step_size = hard_step(self.objective, theta, self.vertices, self.blocks, chosen, t, self.config, alpha)
+        return chosen.unsqueeze(0)
 
 
 def hard_step(

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from .config import SoftConfig
-from .lmo import Blocks
+from .lmo import Blocks, select_per_task, select_topk
 from .objective import Objective, drop_rounding_noise
 from .simplex import project_box, project_capped_simplex, project_simplex
 from .vertices import Vertices
@@ -78,6 +78,30 @@ class Selection:
             for j in range(self.k):
                 out[j, self.column[key]] += torch.dot(flat, self.deltas[j][key].reshape(-1).float()).double()
         return out
+
+
+class SoftStep:
+    """FW-soft's iteration after the LMO pass: k vertices per block (each target's own, or the k
+    best), their step weights searched on the inner objective (the outer one unless given), the move."""
+
+    def __init__(
+        self, config: SoftConfig, objective: Objective, vertices: Vertices, blocks: Blocks, k: int, inner=None, **_
+    ):
+        if config.needs_inner_objective and inner is None:
+            raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
+        self.config, self.vertices, self.blocks, self.k = config, vertices, blocks, k
+        self.inner, self.inner_is_outer = inner or objective, inner is None or inner is objective
+
+    def update(self, theta, alpha, scores: Tensor, record, t: int) -> Tensor:
+        """Move ``theta`` and ``alpha`` by ``scores`` (gradients x vertices x blocks: the total, then
+        one per task when the selection is per task); records the inner search; returns the choice,
+        (k, blocks) vertex indices."""
+        chosen = select_per_task(scores[1:]) if self.config.per_task_gradients else select_topk(scores[0], self.k)
+        loss_here = record.loss if self.inner_is_outer else None
+        record.inner = soft_step(
+            self.inner, theta, self.vertices, self.blocks, chosen, self.config, alpha, loss_here, t
+        )
+        return chosen
 
 
 def soft_step(

@@ -21,19 +21,20 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .checkpoint import check_resumable, checkpoint_exists, load_checkpoint, save_checkpoint
-from .config import FrankWolfeConfig
+from .config import FrankWolfeConfig, HardConfig, SoftConfig
 from .distributed import SINGLE_PROCESS, Communicator
-from .hard import hard_step
+from .hard import HardStep
 from .history import IterationRecord, RunHistory
-from .lmo import Blocks, score_vertices_sharded, select_hard, select_per_task, select_topk
+from .lmo import Blocks, score_vertices_sharded
 from .objective import Objective, drop_rounding_noise
-from .soft import soft_step
+from .soft import SoftStep
 from .stores import VertexStore
 from .vertices import VertexPlan, Vertices
 
 log = logging.getLogger(__name__)
 
 OnIteration = Callable[[IterationRecord, RunHistory], None]
+STEPS = {HardConfig: HardStep, SoftConfig: SoftStep}  # each variant's iteration after the LMO pass
 
 
 @dataclass
@@ -73,8 +74,6 @@ def frank_wolfe(
     ``run_record``: what the caller ran around the solver (its options, the data it drew), kept in
     the history's ``extra``; a resume under another record is refused like one under other settings.
     """
-    if config.variant == "soft" and config.inner_loss != "ce_train" and inner_objective is None:
-        raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
     run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed, inner_objective)
     run.history.extra.update(run_record or {})
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
@@ -111,7 +110,6 @@ class _Run:
     def __init__(self, objective, store, plan: VertexPlan, config, device, dtype, comm: Communicator, seed, inner=None):
         _check_plan(plan, store, objective)
         self.objective, self.config, self.device, self.dtype, self.comm = objective, config, device, dtype, comm
-        self.inner_objective = inner or objective  # FW-soft's inner search
         self.keys, basis = list(store.keys), list(store.names)
         self.blocks = Blocks.build(self.keys, config.granularity)
         self.alpha = torch.zeros(len(basis), len(self.keys), dtype=torch.float64)
@@ -122,9 +120,9 @@ class _Run:
             self.alpha[basis.index(name)] = row
         self.theta = materialise(store, self.alpha, self.keys, device, dtype)
         self.vertices = Vertices(plan, store, self.theta, self.alpha)
-        self.k = plan.k
-        self.track_alpha = config.variant == "soft" or config.merge_fn == "task_arithmetic"  # TIES leaves the hull
-        self.per_task = config.variant == "soft" and config.soft_select == "per_task"
+        self.step = STEPS[type(config)](config, objective, self.vertices, self.blocks, k=plan.k, inner=inner)
+        self.track_alpha = config.tracks_coefficients
+        self.per_task = config.per_task_gradients
         self.history = RunHistory(
             variant=config.variant,
             config={**config.to_dict(), "k_effective": plan.k},
@@ -185,26 +183,7 @@ class _Run:
 
     def update(self, record: IterationRecord, scores: Tensor, t: int) -> None:
         """The variant's step from theta toward the selected vertices, recorded in ``record``."""
-        alpha = self.alpha if self.track_alpha else None
-        if self.config.variant == "hard":
-            chosen = select_hard(scores[0])
-            record.step_size = hard_step(
-                self.objective, self.theta, self.vertices, self.blocks, chosen, t, self.config, alpha
-            )
-            chosen = chosen.unsqueeze(0)
-        else:
-            chosen = select_per_task(scores[1:]) if self.per_task else select_topk(scores[0], self.k)
-            record.inner = soft_step(
-                self.inner_objective,
-                self.theta,
-                self.vertices,
-                self.blocks,
-                chosen,
-                self.config,
-                self.alpha,
-                record.loss if self.inner_objective is self.objective else None,
-                t,
-            )
+        chosen = self.step.update(self.theta, self.alpha if self.track_alpha else None, scores, record, t)
         record.selected = _describe_selection(self.vertices.names, chosen, self.blocks)
         record.chosen = chosen.tolist()
 

@@ -155,7 +155,9 @@ class UnreadableCheckpointError(StoreError):
     def __init__(self, name: str, path: str, cause: BaseException):
         self.name, self.path, self.cause = name, path, cause
         fix = "re-download or re-save it" if os.path.exists(path) else "the file does not exist"
-        super().__init__(f"checkpoint {name!r}: cannot read safetensors file {path!r} ({type(cause).__name__}: {cause}); {fix}")
+        super().__init__(
+            f"checkpoint {name!r}: cannot read safetensors file {path!r} ({type(cause).__name__}: {cause}); {fix}"
+        )
 
 
 Header = tuple[int, dict[str, dict]]  # read_safetensors_header's (data start, tensor entries)

@@ -119,21 +119,8 @@ def plan_vertices(
     if INIT_VERTEX not in vertices and start_point not in vertices:
         anchor = start_point if start_point is not None else INIT_VERTEX
     return VertexPlan(
-        candidates, dict(start), vertices, anchor, _selection_size(config, n_tasks, len(vertices)), n_tasks, pretrained
+        candidates, dict(start), vertices, anchor, config.selection_size(n_tasks, len(vertices)), n_tasks, pretrained
     )
-
-
-def _selection_size(config: FrankWolfeConfig, n_tasks: int, n_vertices: int) -> int | None:
-    """FW-soft's number of selected vertices (null k = number of target tasks)."""
-    if config.variant != "soft":
-        return None
-    if config.soft_select == "per_task" or config.k is None:
-        return min(n_tasks, n_vertices)
-    if config.k > n_vertices:
-        raise ValueError(
-            f"k={config.k} is larger than the number of vertices in the pool ({n_vertices}); lower method.k"
-        )
-    return config.k
 
 
 class Vertices:
