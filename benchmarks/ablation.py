@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_run_options, fmt, quote, resolve_settings, run_fusion_bench  # noqa: E402
-from leaderboard import MINI_POOLS, ada_weights, method_args  # noqa: E402
+from _rows import MINI_POOLS, ada_weights, method_args  # noqa: E402
 
 # fw_inner: inner steps of a labelled-CE inner search (each a pass over every labelled sample;
 # the leaderboard's FW-soft uses 30). ent_inner: steps of an entropy inner search (a batch of 16

@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perf import add_child_arguments, machine, measure, serve_child, write_report  # noqa: E402
+from _perf import add_child_arguments, machine, measure, serve_child, write_report  # noqa: E402
 
 LLAMA_1B = dict(
     hidden_size=2048,

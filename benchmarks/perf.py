@@ -22,116 +22,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-
-VIT_B32 = dict(
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224, patch_size=32
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _perf import (  # noqa: E402
+    QUICK_VISION,
+    TASKS,
+    VIT_B32,
+    add_child_arguments,
+    build_pool,
+    candidate_names,
+    machine,
+    measure,
+    med,
+    page_cache_bandwidth,
+    run_cli,
+    serve_child,
+    write_report,
 )
-# --quick: same widths, 2 layers (15M parameters), so the smoke run stays short
-QUICK_VISION = dict(VIT_B32, num_hidden_layers=2)
-TASKS = ("tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes")  # the fw_tiny_clip config's names
-POOL_VERSION = 1
-
-
-def candidate_names(n: int) -> list[str]:
-    """The first four are the fw_tiny_clip task names (so its configs drive the CLI runs)."""
-    return [TASKS[i] if i < len(TASKS) else f"extra_{i:02d}" for i in range(n)]
-
-
-# ----------------------------------------------------------------------------------- the pool
-def build_pool(root: Path, n_max: int, vision: dict, with_data: bool) -> dict:
-    """``root/models/_pretrained_`` (a CLIPModel: ViT vision tower + the tiny text tower of
-    tiny_clip, so zero-shot heads exist), ``root/models/<name>`` (CLIPVisionModel, pretrained +
-    small random task vectors) and, with ``with_data``, the tiny task data sets."""
-    import torch
-
-    key = dict(version=POOL_VERSION, n_max=n_max, vision=vision, with_data=with_data)
-    manifest = root / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
-        return json.loads(manifest.read_text())
-    from transformers import CLIPModel, CLIPVisionModel
-
-    from fusion_bench_fw.offline import tiny_clip
-
-    t0 = time.perf_counter()
-    if root.exists():
-        shutil.rmtree(root)
-    (root / "models").mkdir(parents=True)
-    processor = tiny_clip.make_processor()
-    size = vision["image_size"]
-    processor.image_processor.size = {"shortest_edge": size}
-    processor.image_processor.crop_size = {"height": size, "width": size}
-    small = tiny_clip.make_clip_model(processor, seed=0)
-    config = small.config
-    config.vision_config.update(vision)
-    config.projection_dim = 512
-    torch.manual_seed(0)
-    clip = CLIPModel(config)
-    clip.save_pretrained(root / "models" / "_pretrained_")
-    processor.save_pretrained(root / "models" / "_pretrained_")
-    del clip
-    # the library's own CLIPModel -> CLIPVisionModel loading keeps the names in the files
-    # exactly those of the module the merge runs (whatever the transformers version)
-    vision_model = CLIPVisionModel.from_pretrained(str(root / "models" / "_pretrained_"))
-    pretrained = {k: v.clone() for k, v in vision_model.state_dict().items()}
-    gen = torch.Generator().manual_seed(1)
-    for name in candidate_names(n_max):  # one model in memory at a time
-        with torch.no_grad():
-            for k, p in vision_model.state_dict().items():
-                if p.is_floating_point():
-                    p.copy_(
-                        pretrained[k] + 0.02 * pretrained[k].std().clamp(min=1e-3) * torch.randn(p.shape, generator=gen)
-                    )
-        vision_model.save_pretrained(root / "models" / name)
-    if with_data:
-        _write_task_data(root)
-    n_params = sum(p.numel() for p in vision_model.parameters())
-    out = dict(key=key, n_params=n_params, seconds=round(time.perf_counter() - t0, 1))
-    manifest.write_text(json.dumps(out, indent=1))
-    return out
-
-
-def _write_task_data(root: Path, n: int = 32) -> None:
-    from datasets import ClassLabel, Dataset, Features
-    from datasets import Image as ImageFeature
-    from PIL import Image
-
-    from fusion_bench_fw.offline import tiny_clip
-
-    for task in TASKS:
-        spec = tiny_clip.TASKS[task]
-        features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(spec.classnames))})
-        for split in ("train", "test"):
-            arrays, labels = tiny_clip._draw_set(task, n, tiny_clip._rng(0, "perf", task, split), 0.5)
-            Dataset.from_dict(
-                {"image": [Image.fromarray(a) for a in arrays], "label": labels}, features=features
-            ).save_to_disk(str(root / "data" / task / split))
-
 
 # ------------------------------------------------------------------- one configuration (child)
-def page_cache_bandwidth(path: str, repeats: int = 3) -> float:
-    """Bytes/s of ``read()`` from a file already in the page cache into a reused 16 MB buffer."""
-    buf = bytearray(16 << 20)
-    view = memoryview(buf)
-    size = os.path.getsize(path)
-    times = []
-    for i in range(repeats + 1):
-        with open(path, "rb", buffering=0) as f:
-            t = time.perf_counter()
-            while f.readinto(view):
-                pass
-            if i:  # the first read warms the cache
-                times.append(time.perf_counter() - t)
-    return size / statistics.median(times)
 
 
 def run_child(spec: dict) -> dict:
@@ -235,67 +150,7 @@ def run_child(spec: dict) -> dict:
     )
 
 
-def add_child_arguments(parser: argparse.ArgumentParser) -> None:
-    """The hidden ``--child SPEC --child-out FILE`` options that :func:`measure` calls a script with."""
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    parser.add_argument("--child-out", help=argparse.SUPPRESS)
-
-
-def serve_child(args, run) -> bool:
-    """In a child started by :func:`measure`: write ``run(spec)`` as JSON and return True."""
-    if not args.child:
-        return False
-    Path(args.child_out).write_text(json.dumps(run(json.loads(args.child))))
-    return True
-
-
-def measure(spec: dict, workdir: Path, script: str = __file__) -> dict:
-    """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
-    (via wait4) is that configuration's peak."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    tag = f"{spec['variant']}_{spec['n']}_{spec.get('repeat', 0)}"
-    out, log = workdir / f"child_{tag}.json", workdir / f"child_{tag}.log"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(spec["threads"]),
-        MKL_NUM_THREADS=str(spec["threads"]),
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
-    with open(log, "w") as f:
-        proc = subprocess.Popen(
-            [sys.executable, script, "--child", json.dumps(spec), "--child-out", str(out)],
-            stdout=f,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"child {spec['variant']} N={spec['n']} failed; see {log}:\n{log.read_text()[-2000:]}")
-    result = json.loads(out.read_text())
-    result["peak_rss_mb"] = usage.ru_maxrss / 1024
-    return result
-
-
 # ------------------------------------------------------------------- CLI runs (AdaMerging vs FW)
-def run_cli(args: list[str], root: Path, run_dir: Path, threads: int, pool_args=("modelpool=fw_tiny_clip",)) -> dict:
-    """``fusion_bench *pool_args *args taskpool=dummy`` in a fresh process: wall seconds and its
-    ru_maxrss (``pool_args`` may start with ``-cd DIR`` to add a config folder)."""
-    from fusion_bench_fw.offline.cli import run_fusion_bench
-
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run = run_fusion_bench(
-        [*pool_args, *args, "taskpool=dummy"],
-        run_dir,
-        env={"FUSION_BENCH_FW_TINY_ROOT": str(root)},
-        threads=threads,
-        timeout=24 * 3600,
-    )
-    (run_dir / "cli_output.txt").write_text(run.output)
-    if run.returncode != 0:
-        raise RuntimeError(f"fusion_bench {' '.join(args)} failed:\n{run.output[-2000:]}")
-    return dict(seconds=run.seconds, peak_rss_mb=run.peak_rss_mb, run_dir=str(run_dir))
 
 
 def end_to_end(root: Path, workdir: Path, s: dict, threads: int) -> dict:
@@ -362,26 +217,6 @@ def end_to_end(root: Path, workdir: Path, s: dict, threads: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------ report
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    text = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
-    if torch.cuda.is_available():
-        text += f", {torch.cuda.get_device_name(0)}"
-    try:
-        text += f", load average {os.getloadavg()[0]:.1f} at start"
-    except OSError:
-        pass
-    return text
-
-
-def med(xs) -> float:
-    return statistics.median(xs) if xs else float("nan")
 
 
 def render(report: dict) -> str:
@@ -554,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=a.batch_size,
                 autocast=a.autocast,
             )
-            runs = [measure(dict(spec, repeat=i), out / "children") for i in range(a.repeats)]
+            runs = [measure(dict(spec, repeat=i), out / "children", script=__file__) for i in range(a.repeats)]
             r = (
                 runs[len(runs) // 2]
                 if a.repeats == 1
@@ -593,14 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     report["seconds"] = time.perf_counter() - t0
     write_report(out, "perf", report, render)
     return 0
-
-
-def write_report(out: Path, stem: str, report: dict, render) -> None:
-    """``<stem>.json`` (everything measured) and ``<stem>.md`` (the rendered tables), printed too."""
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    text = render(report)
-    (out / f"{stem}.md").write_text(text + "\n")
-    print(text)
 
 
 if __name__ == "__main__":

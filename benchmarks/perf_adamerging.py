@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from perf import TASKS, VIT_B32, build_pool, candidate_names, machine, run_cli, write_report  # noqa: E402
+from _perf import TASKS, VIT_B32, build_pool, candidate_names, machine, run_cli, write_report  # noqa: E402
 
 METHODS = ("adamerging", "fw_hard", "fw_soft")
 

@@ -48,7 +48,7 @@ for _p in (REPO_ROOT, REPO_ROOT / "benchmarks"):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-import perf  # noqa: E402  (benchmarks/perf.py: the pool builder, shared with the plugin-only benchmark)
+import _perf as perf  # noqa: E402  (the pool builder and report helpers the perf benchmarks share)
 
 IMPLS = ("intree", "plugin")
 VARIANTS = ("hard", "soft")

@@ -44,8 +44,8 @@ def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path):
 
     from fusion_bench_fw.offline import OFFLINE_ENV
 
-    leaderboard = load_script("leaderboard")
-    methods = list(leaderboard.ALL_METHODS)
+    rows_data = load_script("_rows")
+    methods = list(rows_data.ALL_METHODS)
     tasks = list(minibench.TARGETS)
     env = {**os.environ, **OFFLINE_ENV, minibench.ENV_VAR: str(tmp_path / "root")}
     proc = subprocess.run(
@@ -69,9 +69,9 @@ def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path):
     in_tree = {"fusionbench_fw_soft", "fusionbench_fw_hard"}
     for m in in_tree:
         assert rows[m]["status"] == "needs CUDA", (m, rows[m])
-    for m, reason in leaderboard.UPSTREAM_FAILURES.items():  # FusionBench's own bug: the row stays, with its error
+    for m, reason in rows_data.UPSTREAM_FAILURES.items():  # FusionBench's own bug: the row stays, with its error
         assert rows[m]["status"] == "ok" or reason.split()[0] in rows[m]["error"], (m, rows[m])
-    for m in [m for m in methods if m not in in_tree and m not in leaderboard.UPSTREAM_FAILURES]:
+    for m in [m for m in methods if m not in in_tree and m not in rows_data.UPSTREAM_FAILURES]:
         r = rows[m]
         assert r["status"] == "ok", (m, r)
         assert set(r["accuracy"]) == set(tasks), (m, r["accuracy"])

@@ -75,7 +75,7 @@ def test_every_ablation_row_composes_and_changes_what_it_says(ablation, tmp_path
         assert changed and changed <= named, (name, changed, named)
 
 
-def test_text_wudi_row_leaves_out_the_backbones_word_embeddings(leaderboard, tmp_path):
+def test_text_wudi_row_leaves_out_the_backbones_word_embeddings(tmp_path):
     """The text pool's WUDI row composes, and its exclude_keys names a tensor a BERT backbone (what
     SequenceClassificationBackbonePool hands out) really has: WUDI's (models x rows x rows) product
     on a 30522-row embedding is 15 GB, and frozen embeddings have zero task vectors (NaN in WUDI)."""
@@ -83,8 +83,9 @@ def test_text_wudi_row_leaves_out_the_backbones_word_embeddings(leaderboard, tmp
     from omegaconf import OmegaConf
     from transformers import BertConfig, BertModel
 
-    assert leaderboard.TEXT_ROWS["wudi"] in leaderboard.TEXT_METHODS and "wudi" not in leaderboard.TEXT_METHODS
-    args = leaderboard.method_args("wudi_text", leaderboard.FULL, tmp_path, [])
+    rows = load_script("_rows")
+    assert rows.TEXT_ROWS["wudi"] in rows.TEXT_METHODS and "wudi" not in rows.TEXT_METHODS
+    args = rows.method_args("wudi_text", rows.FULL, tmp_path, [])
     method = OmegaConf.to_container(method_config(args).method, resolve=True)
     assert method["_target_"].endswith("WUDIMerging")
     tiny = BertModel(
