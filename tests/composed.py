@@ -1,19 +1,26 @@
-"""In-process runs of FWHard/FWSoft on the tiny CLIP pool, composed by Hydra exactly as the
-``fusion_bench`` CLI composes them (``method=...`` plus overrides) and run on a CPU Fabric."""
+"""Configs composed by Hydra exactly as the ``fusion_bench`` CLI composes them (the tests' one
+compose helper), and in-process runs of FWHard/FWSoft on the tiny CLIP pool on a CPU Fabric."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 
-def method_config(overrides, modelpool: str = "fw_tiny_clip"):
-    """The config as ``fusion_bench <overrides>`` composes it (taskpool: dummy)."""
-    from hydra import compose, initialize_config_dir
+def compose(*overrides: str):
+    """FusionBench's root config as ``fusion_bench <overrides>`` composes it, with this plugin's
+    search path (the tests' one Hydra compose)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
 
     with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        return compose("fabric_model_fusion", overrides=[f"modelpool={modelpool}", "taskpool=dummy", *overrides])
+        return hydra_compose("fabric_model_fusion", overrides=list(overrides))
+
+
+def method_config(overrides, modelpool: str = "fw_tiny_clip"):
+    """The config as ``fusion_bench <overrides>`` composes it on ``modelpool`` (taskpool: dummy)."""
+    return compose(f"modelpool={modelpool}", "taskpool=dummy", *overrides)
 
 
 def run_method(overrides, out: Path):

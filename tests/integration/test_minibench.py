@@ -20,22 +20,19 @@ from fusion_bench_fw.offline import minibench
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _data_available() -> bool:
+@pytest.fixture(scope="module")
+def real_data():
+    """Skips (when the test runs, not when the module is collected) without the benchmark's data."""
     try:
         minibench.load_fashion()
-    except FileNotFoundError:
-        return False
-    return all(importlib.util.find_spec(m) for m in ("mlxtend", "sklearn", "matplotlib"))
+    except FileNotFoundError as exc:
+        pytest.skip(f"needs Fashion-MNIST (apt-get install -y dataset-fashion-mnist): {exc}")
+    missing = [m for m in ("mlxtend", "sklearn", "matplotlib") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"needs the [bench] extra ({missing} missing)")
 
 
-needs_data = pytest.mark.skipif(
-    not _data_available(),
-    reason="needs Fashion-MNIST (apt-get install -y dataset-fashion-mnist) and the [bench] extra",
-)
-
-
-@needs_data
-def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path):
+def test_quick_leaderboard_every_row_runs_from_outside_the_checkout(tmp_path, real_data):
     """The README's command, reduced (--quick: small build, few steps; 4 of the 8 tasks), run as a
     script from a folder that is not the checkout with the default relative --out: every row is
     ok, except FusionBench's in-tree FW rows, which need CUDA (``.cuda()`` is hard-coded there)."""

@@ -18,7 +18,9 @@ from fusion_bench_fw.offline import textbench
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _missing() -> str | None:
+@pytest.fixture(scope="module")
+def real_data():
+    """Skips (when the test runs, not when the module is collected) without the benchmark's data."""
     try:
         textbench.minilm_dir()
         for spec in textbench.TASKS[:4]:
@@ -26,15 +28,10 @@ def _missing() -> str | None:
                 textbench.load_fortunes(spec, os.environ.get(textbench.FORTUNES_ENV, textbench.FORTUNES_DEFAULT))
         textbench.load_package_index(os.environ.get(textbench.APT_LISTS_ENV, textbench.APT_LISTS_DEFAULT))
     except textbench.MissingData as exc:
-        return str(exc)
-    return None
+        pytest.skip(f"text benchmark data missing: {exc}")
 
 
-MISSING = _missing()
-
-
-@pytest.mark.skipif(MISSING is not None, reason=f"text benchmark data missing: {MISSING}")
-def test_quick_text_leaderboard_each_task_own_head(tmp_path):
+def test_quick_text_leaderboard_each_task_own_head(tmp_path, real_data):
     """--quick build of the 4 targets, 2 of them evaluated: the pretrained backbone with each task's
     own (fine-tuned) head, the individual models, FusionBench's Task Arithmetic on the backbones and
     FW-hard all run; fine-tuning helps, and the manifest carries the task-vector diagnostics."""

@@ -29,14 +29,10 @@ def _model_id(entry):
 
 @pytest.fixture(scope="module")
 def compose():
-    """Compose FusionBench's root config in-process (with this plugin's search path)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    """FusionBench's root config composed in process (with this plugin's search path)."""
+    from composed import compose
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        yield lambda *overrides: hydra_compose("fabric_model_fusion", overrides=list(overrides))
+    return compose
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

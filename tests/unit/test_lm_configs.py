@@ -12,13 +12,9 @@ LLAMA_TARGETS = ["code", "pubmedqa", "cnn", "piqa", "wmt"]
 
 @pytest.fixture(scope="module")
 def compose():
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from composed import compose
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        yield lambda *overrides: hydra_compose("fabric_model_fusion", overrides=list(overrides))
+    return compose
 
 
 @pytest.mark.parametrize("pool,lora", [("flan-t5-base_glue_fw", False), ("flan-t5-base_glue_lora16_fw", True)])

@@ -1,8 +1,9 @@
-"""LoRA candidates enter FW as full weights W0 + (alpha/r) * B @ A per adapted module.
+"""A LoRA candidate's tensors, as the run's store serves them, are W0 + (alpha/r) * B @ A per
+adapted module (the store keeps the factors, store=auto; W0 elsewhere).
 
-The reference is computed by hand from the adapter's saved A and B factors; the candidate
-is loaded the way FusionBench's Flan-T5 LoRA pools do (``load_lora_model``), here without
-``merge_and_unload`` so that the plugin itself must form the full delta.
+The reference is computed by hand from the adapter's saved A and B factors; the pool entry is
+the one FusionBench's Flan-T5 LoRA pools use (``load_lora_model``), here without
+``merge_and_unload``, so nothing but the plugin forms the delta.
 """
 
 from __future__ import annotations

@@ -13,14 +13,10 @@ from fusion_bench_fw.fusionbench.options import option_classes, split_options
 
 
 def compose_method(*overrides):
-    from hydra import compose, initialize_config_dir
+    from composed import compose
     from omegaconf import OmegaConf
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        cfg = compose("fabric_model_fusion", overrides=["taskpool=dummy", *overrides])
-    return OmegaConf.to_container(cfg.method)
+    return OmegaConf.to_container(compose("taskpool=dummy", *overrides).method)
 
 
 def option_names(variant):

@@ -231,12 +231,9 @@ def test_cfg_job_of_the_paper_presets_shows_the_authors_values(preset, expected)
 
 
 def test_the_4_target_taskpool_alias():
-    from hydra import compose, initialize_config_dir
+    from composed import compose
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        cfg = compose("fabric_model_fusion", overrides=["modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA4"])
+    cfg = compose("modelpool=clip-vit-b32_TA20", "taskpool=clip-vit-b32_TA4")
     assert list(cfg.taskpool.test_datasets) == ["sun397", "stanford-cars", "gtsrb", "dtd"]
     assert cfg.taskpool.test_datasets.sun397.path == "tanganke/sun397"
     assert set(cfg.taskpool.test_datasets) <= set(cfg.modelpool.models)
