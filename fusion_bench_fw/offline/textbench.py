@@ -43,14 +43,15 @@ from dataclasses import asdict, dataclass
 
 from fusion_bench_fw import PRETRAINED
 
-from . import minibench
-from .minibench import (
-    _digest,
-    _key_matches,
-    _write_key,
+from . import builds
+from .builds import (
     builder_cli,
+    digest,
+    flat,
+    key_matches,
     task_vector_diagnostics,
     torch_threads,
+    write_key,
     write_manifest,
 )
 
@@ -419,13 +420,7 @@ def build(
 def model_key(params: BuildParams, spec: TaskSpec | None, data_digest: str | None) -> str:
     """The cache key of one model: the build parameters, its task and its task's data (the
     pretrained model: the parameters alone), so that any scope reuses it."""
-    return _digest([params.key(), None if spec is None else asdict(spec), data_digest])
-
-
-def _flat_backbone(model):
-    import torch
-
-    return torch.cat([p.detach().flatten().double() for p in model.bert.state_dict().values() if p.is_floating_point()])
+    return digest([params.key(), None if spec is None else asdict(spec), data_digest])
 
 
 def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
@@ -445,7 +440,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
             index = index if index is not None else load_package_index(os.environ.get(APT_LISTS_ENV, APT_LISTS_DEFAULT))
             rows = load_packages(spec, index)
         splits[spec.name] = split_examples(rows, spec, params.n_train, params.n_test, params.seed)
-    data = {name: _digest(split) for name, split in splits.items()}  # each model depends on its own task's data
+    data = {name: digest(split) for name, split in splits.items()}  # each model depends on its own task's data
     key = params.key()
     old = read_manifest(root)
     names = [s.name for s in specs]
@@ -458,14 +453,14 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
     pre_dir = os.path.join(root, "models", PRETRAINED)
     pre_key = model_key(params, None, None)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    if force or not _key_matches(pre_dir, pre_key):
+    if force or not key_matches(pre_dir, pre_key):
         torch.manual_seed(params.seed)
         pretrained = AutoModelForSequenceClassification.from_pretrained(source, num_labels=4)
         pretrained.save_pretrained(pre_dir)
         tokenizer.save_pretrained(pre_dir)
-        _write_key(pre_dir, pre_key)
+        write_key(pre_dir, pre_key)
     pretrained = AutoModelForSequenceClassification.from_pretrained(pre_dir).eval()
-    theta0 = _flat_backbone(pretrained)
+    theta0 = flat(pretrained.bert)
 
     models, task_vectors = {}, {}
     bar = tqdm(specs, desc="textbench models", disable=not progress, file=sys.stderr)
@@ -481,15 +476,15 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
         model_dir = os.path.join(root, "models", spec.name)
         mkey = model_key(params, spec, data[spec.name])
         start = time.perf_counter()
-        if not force and _key_matches(model_dir, mkey):
+        if not force and key_matches(model_dir, mkey):
             model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
         else:
             model = _finetune(pre_dir, train, params, params.seed * 1000 + i + 1)
             model.config.id2label = dict(enumerate(spec.classnames))
             model.config.label2id = {c: j for j, c in enumerate(spec.classnames)}
             model.save_pretrained(model_dir)
-            _write_key(model_dir, mkey)
-        task_vectors[spec.name] = _flat_backbone(model) - theta0
+            write_key(model_dir, mkey)
+        task_vectors[spec.name] = flat(model.bert) - theta0
         pretrained.classifier.load_state_dict(model.classifier.state_dict())  # the pretrained backbone, this head
         models[spec.name] = {
             "group": spec.group,
@@ -523,7 +518,7 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
 
 
 def read_manifest(root: str | None = None) -> dict | None:
-    return minibench.read_manifest(root or default_root())
+    return builds.read_manifest(root or default_root())
 
 
 # --------------------------------------------------------------------------------------------

@@ -58,6 +58,8 @@ import numpy as np
 
 from fusion_bench_fw import PRETRAINED
 
+from .builds import read_manifest
+
 ENV_VAR = "FUSION_BENCH_FW_TINY_ROOT"
 TEMPLATES = ("a photo of a {}.",)
 IMAGE_SIZE = 32
@@ -367,14 +369,6 @@ class BuildParams:
         d["tasks"] = list(self.tasks)
         d.update(builder_version=BUILDER_VERSION, torch=torch.__version__, transformers=transformers.__version__)
         return d
-
-
-def read_manifest(root: str) -> dict | None:
-    try:
-        with open(os.path.join(root, "manifest.json")) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _is_complete(root: str, manifest: dict) -> bool:

@@ -1,0 +1,326 @@
+"""The mini benchmark's build: its parameters and scopes, and :func:`build`, which writes the
+models, the data sets, each model's cache key and the manifest under the root."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fusion_bench_fw import PRETRAINED
+
+from .. import builds
+from ..builds import digest, flat, key_matches, task_vector_diagnostics, torch_threads, write_key, write_manifest
+from ..tiny_clip import TEMPLATES, image_embeds, make_processor, text_head
+from .sources import Sources, load_sources
+from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, ModelSpec, model_specs, task_images, task_labels
+from .training import finetune, pretrain
+
+ENV_VAR = "FUSION_BENCH_FW_MINIBENCH_ROOT"
+# Bump when the builder's output changes for the same parameters.
+BUILDER_VERSION = 3
+
+
+def default_root() -> str:
+    return os.environ.get(ENV_VAR) or os.path.join(os.path.expanduser("~"), ".cache", "fusion_bench_fw", "minibench")
+
+
+def read_manifest(root: str | None = None) -> dict | None:
+    """The manifest of the build under ``root`` (default :func:`default_root`), or None."""
+    return builds.read_manifest(root or default_root())
+
+
+# --------------------------------------------------------------------------------------------
+# Build parameters
+# --------------------------------------------------------------------------------------------
+
+# what a build holds: the pre-trained model and the task models of TA8 / TALL14 / TALL20, or
+# everything (the 20 tasks plus the relevant, irrelevant and noisy models of the scaling runs)
+SCOPES = ("ta8", "tall14", "tall20", "all")
+SCOPE_TASKS = {"ta8": TASKS, "tall14": TALL14, "tall20": ALL_TASKS, "all": ALL_TASKS}
+
+
+@dataclass(frozen=True)
+class BuildParams:
+    """Everything a build depends on (each model's cache key is derived from it).
+
+    ``scope="ta8"`` builds the pretrained model and the 8 task models only (enough for
+    ``modelpool=mini_TA8``), ``"tall14"`` / ``"tall20"`` the first 14 / all 20 task models, and
+    ``"all"`` adds the relevant, irrelevant and noisy models of the scaling experiments.
+
+    The defaults were calibrated against FusionBench's ViT-B/32 results (see
+    ``benchmarks/README.md``): a vision tower wide and well pre-trained enough that fine-tuning
+    is a small move (||tau|| / ||theta_0|| about 0.03), and a fine-tuning learning rate small
+    enough to keep it so.
+    """
+
+    scope: str = "all"
+    seed: int = 0
+    train_slice: int = 1500  # training images per model slice (Fashion); MNIST slices are smaller
+    n_train_saved: int = 500  # saved train split per task (FW uses 100 of them)
+    n_test: int = 1000  # test images per task (digits: all 500 held out)
+    n_test_other: int = 300  # test images saved for irrelevant / noisy models (AdaMerging)
+    vision_hidden: int = 128  # the vision tower (tiny_clip's text tower and tokenizer are kept)
+    vision_layers: int = 3
+    pretrain_steps: int = 3000
+    pretrain_lr: float = 1e-3
+    # image styles the pre-training corpus shows (a web corpus shows everything once in a while)
+    pretrain_styles: tuple[str, ...] = ("id", "inv", "rot90", "rot180", "inv_flip")
+    finetune_steps: int = 300
+    finetune_lr: float = 1e-4
+    batch_size: int = 64
+    n_noisy: int = 16
+    threads: int = 1  # the tiny model gains nothing from more; 2 threads thrash when the cores are shared
+
+    def __post_init__(self):
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}")
+
+    def key(self) -> dict:
+        import torch
+        import transformers
+
+        d = asdict(self)
+        d.pop("scope")
+        d.update(builder_version=BUILDER_VERSION, torch=torch.__version__, transformers=transformers.__version__)
+        return json.loads(json.dumps(d))  # as stored in the manifest (tuples become lists)
+
+
+# tests and CI: a smaller tower, fewer images and steps (the regime is not calibrated at this size)
+QUICK = dict(
+    train_slice=600,
+    n_train_saved=200,
+    n_test=300,
+    n_test_other=100,
+    vision_hidden=64,
+    vision_layers=2,
+    pretrain_steps=300,
+    pretrain_lr=2e-3,
+    finetune_steps=60,
+    finetune_lr=3e-4,
+)
+
+
+def _log(msg: str):
+    print(f"[minibench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The build
+# --------------------------------------------------------------------------------------------
+
+
+def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> tuple[np.ndarray, np.ndarray]:
+    src = spec.task.source
+    if src == "fashion":
+        x, y = sources.fashion_pool
+        n = params.train_slice
+        start = (spec.slice_index * n) % (len(x) - n)
+        return x[start : start + n], y[start : start + n]
+    x, y = sources.mnist_train if src == "mnist" else sources.digits_train
+    if src == "digits":
+        return x, y
+    n = len(x) // 3  # three disjoint MNIST slices, reused round-robin by later models
+    start = (spec.slice_index % 3) * n
+    return x[start : start + n], y[start : start + n]
+
+
+def _test_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    src = spec.task.source
+    if src == "fashion":
+        x, y = sources.fashion_test
+        start = (index * n) % (len(x) - n + 1)
+        return x[start : start + n], y[start : start + n]
+    x, y = sources.mnist_test if src == "mnist" else sources.digits_test
+    return x[:n], y[:n]
+
+
+def _save_dataset(path: str, images: np.ndarray, labels: np.ndarray, classnames: Sequence[str]):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    if os.path.isfile(os.path.join(path, "dataset_info.json")):
+        return
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(classnames))})
+    ds = Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in images], "label": [int(v) for v in labels]}, features=features
+    )
+    tmp = path + ".tmp"
+    ds.save_to_disk(tmp)
+    os.replace(tmp, path)
+
+
+def build(
+    root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
+) -> dict:
+    """Build (or reuse) the benchmark under ``root``; returns the manifest."""
+    root = os.path.abspath(root or default_root())
+    params = params or BuildParams()
+    key = params.key()
+    old = read_manifest(root)
+    covers = old and old.get("scope") in SCOPES and SCOPES.index(old["scope"]) >= SCOPES.index(params.scope)
+    if not force and old and old.get("key") == key and covers:
+        if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
+            return old
+    t0 = time.perf_counter()
+    with torch_threads(params.threads):
+        return _build(root, params, key, force, progress, t0)
+
+
+def _build(root: str, params: BuildParams, key: dict, force: bool, progress: bool, t0: float) -> dict:
+    import datasets
+    import torch
+    from PIL import Image
+    from tqdm.auto import tqdm
+    from transformers import CLIPModel, CLIPVisionModel
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    hf_logging.disable_progress_bar()
+    os.makedirs(root, exist_ok=True)
+    sources = load_sources(params.seed)
+    processor = make_processor()
+    _log(f"data loaded ({time.perf_counter() - t0:.1f}s); root {root}")
+
+    def pixels(x: np.ndarray):
+        out = []
+        for i in range(0, len(x), 1000):
+            imgs = [Image.fromarray(a).convert("RGB") for a in x[i : i + 1000]]
+            out.append(processor(images=imgs, return_tensors="pt")["pixel_values"])
+        return torch.cat(out)
+
+    # ---- pre-training ---------------------------------------------------------------------
+    pre_key = digest(
+        {
+            k: key[k]
+            for k in (
+                "seed",
+                "vision_hidden",
+                "vision_layers",
+                "pretrain_steps",
+                "pretrain_lr",
+                "pretrain_styles",
+                "batch_size",
+                "threads",
+                "builder_version",
+                "torch",
+                "transformers",
+            )
+        }
+    )
+    pre_dir = os.path.join(root, "models", PRETRAINED)
+    if key_matches(pre_dir, pre_key) and not force:
+        clip = CLIPModel.from_pretrained(pre_dir).eval()
+    else:
+        clip = pretrain(params, sources, processor, pixels, progress)
+        clip.save_pretrained(pre_dir)
+        processor.save_pretrained(pre_dir)
+        write_key(pre_dir, pre_key)
+    clip.requires_grad_(False)
+    scale = float(clip.logit_scale.exp())
+    _log(f"pre-trained model ready ({time.perf_counter() - t0:.1f}s)")
+
+    heads: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def head(classnames):
+        if classnames not in heads:
+            with torch.no_grad():
+                heads[classnames] = text_head(clip, processor, classnames)
+        return heads[classnames]
+
+    def accuracy(vm, x, y, classnames) -> float:
+        with torch.no_grad():
+            pred = (image_embeds(vm, clip.visual_projection, x) @ head(classnames).t()).argmax(-1)
+        return round(float((pred == torch.as_tensor(y)).float().mean()), 4)
+
+    specs = model_specs(params.n_noisy)
+    if params.scope != "all":
+        specs = [s for s in specs if s.name in SCOPE_TASKS[params.scope]]
+    pretrained_vision = CLIPVisionModel(clip.config.vision_config)
+    pretrained_vision.vision_model.load_state_dict(clip.vision_model.state_dict())
+    pretrained_vision.eval()
+
+    manifest_models: dict[str, dict] = {}
+    task_vectors: dict[str, torch.Tensor] = {}
+    theta0 = flat(pretrained_vision)  # each task vector is a model's weights minus these
+    accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
+    bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
+    for i, spec in enumerate(bar):
+        bar.set_postfix_str(spec.name)
+        # data sets: the real tasks get train + test; the others a small test set (AdaMerging)
+        x_tr, y_tr = _slice(sources, spec, params)
+        x_tr, y_tr = task_images(spec.task, x_tr), task_labels(spec.task, y_tr)
+        n_test = params.n_test if spec.group == "task" else params.n_test_other
+        x_te, y_te = _test_set(
+            sources, spec, n_test, ALL_TASKS.index(spec.base_task) if spec.base_task in ALL_TASKS else i
+        )
+        x_te, y_te = task_images(spec.task, x_te), task_labels(spec.task, y_te)
+        if spec.group != "relevant":  # extra checkpoints evaluate on their task's data set
+            data_dir = os.path.join(root, "data", spec.name)
+            os.makedirs(data_dir, exist_ok=True)
+            if spec.group == "task":
+                _save_dataset(
+                    os.path.join(data_dir, "train"),
+                    x_tr[: params.n_train_saved],
+                    y_tr[: params.n_train_saved],
+                    spec.task.classnames,
+                )
+            _save_dataset(os.path.join(data_dir, "test"), x_te, y_te, spec.task.classnames)
+
+        model_dir = os.path.join(root, "models", spec.name)
+        mkey = digest([pre_key, key, asdict(spec)])
+        px_te = pixels(x_te)
+        if key_matches(model_dir, mkey) and not force:
+            vm = CLIPVisionModel.from_pretrained(model_dir).eval()
+        else:
+            vm = finetune(
+                pretrained_vision,
+                clip,
+                scale,
+                head(spec.task.classnames),
+                pixels(x_tr),
+                torch.as_tensor(y_tr),
+                spec.seed,
+                params,
+            )
+            vm.save_pretrained(model_dir)
+            write_key(model_dir, mkey)
+        task_vectors[spec.name] = flat(vm) - theta0
+        acc = accuracy(vm, px_te, y_te, spec.task.classnames)
+        if spec.group in ("task", "relevant"):
+            accuracies[PRETRAINED].setdefault(
+                spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames)
+            )
+        manifest_models[spec.name] = {
+            "group": spec.group,
+            "task": spec.base_task,
+            "classnames": list(spec.task.classnames),
+            "own_test_accuracy": acc,
+            "train_images": int(len(x_tr)),
+        }
+        bar.set_postfix_str(f"{spec.name} acc {acc:.3f}")
+    bar.close()
+
+    manifest = {
+        "key": key,
+        "scope": params.scope,
+        "root": root,
+        "env_var": ENV_VAR,
+        "tasks": list(TASKS),
+        "all_tasks": list(ALL_TASKS),
+        "targets": list(TARGETS),
+        "templates": list(TEMPLATES),
+        "models": manifest_models,
+        "pretrained_accuracy": accuracies[PRETRAINED],
+        "task_vectors": task_vector_diagnostics(task_vectors, theta0),
+        "build_seconds": round(time.perf_counter() - t0, 1),
+    }
+    write_manifest(root, manifest)
+    _log(f"done in {manifest['build_seconds']}s")
+    return manifest
