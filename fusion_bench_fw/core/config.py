@@ -189,9 +189,7 @@ class SoftConfig(FrankWolfeConfig):
 
     variant: ClassVar[str] = "soft"
 
-    # Defaults chosen by measurement (benchmarks/results/ablation_*): the authors' code protocol
-    # (cosine LMO, per-task selection, unconstrained weights from 0.3 then 1e-2, 5 iterations)
-    # with the paper text's labelled inner objective instead of test-batch entropy.
+    # what each default is and why: docs/defaults.md
     granularity: str = "task"
     lmo_score: str = "cosine"
     max_iters: int = 5

@@ -172,9 +172,7 @@ class FWHard(_FrankWolfeMerging):
     variant = "hard"
     __doc__ = args_docstring(
         "FW-hard (Chen et al., ICCV 2025): Frank-Wolfe toward the single LMO vertex per block.\n\n"
-        "Defaults (chosen by measurement, see docs/defaults.md): Frank-Wolfe from a Task Arithmetic start (0.3,\n"
-        "all pool models, kept as an extra vertex), gamma_t by line search on [0, 2/(t+2)], inner-product\n"
-        "LMO, layer-wise. The authors' protocol (AdaMerging start, steps 0.3 * 0.01 * 2/(t+2)): fw_hard_paper.",
+        "What each default is and why: docs/defaults.md; the authors' protocol: method=fw_hard_paper.",
         "hard",
     )
 
@@ -183,8 +181,6 @@ class FWSoft(_FrankWolfeMerging):
     variant = "soft"
     __doc__ = args_docstring(
         "FW-soft (Chen et al., ICCV 2025): k LMO vertices, their step weights optimised on the objective.\n\n"
-        "Defaults (chosen by measurement, see docs/defaults.md): each target's gradient picks its own model by\n"
-        "the cosine score, then unconstrained layer-wise weights from 0.3 (1e-2 later) are tuned on the\n"
-        "labelled objective, 5 iterations. The authors' protocol (test-batch entropy): fw_soft_paper.",
+        "What each default is and why: docs/defaults.md; the authors' protocol: method=fw_soft_paper.",
         "soft",
     )
