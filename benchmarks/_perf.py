@@ -208,8 +208,12 @@ def med(xs) -> float:
 
 
 def write_report(out: Path, stem: str, report: dict, render) -> None:
-    """``<stem>.json`` (everything measured) and ``<stem>.md`` (the rendered tables), printed too."""
+    """``<stem>.json`` (everything measured, and where it came from: ``provenance``) and ``<stem>.md``
+    (the rendered tables and the provenance line), printed too."""
+    from _common import describe_provenance, provenance
+
+    report.setdefault("provenance", provenance())
     (out / f"{stem}.json").write_text(json.dumps(report, indent=1))
-    text = render(report)
+    text = render(report) + "\n\n" + describe_provenance(report["provenance"])
     (out / f"{stem}.md").write_text(text + "\n")
     print(text)

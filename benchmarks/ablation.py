@@ -29,7 +29,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_run_options, fmt, quote, resolve_settings, run_fusion_bench  # noqa: E402
+from _common import (  # noqa: E402
+    add_run_options,
+    describe_provenance,
+    fmt,
+    provenance,
+    quote,
+    resolve_settings,
+    run_fusion_bench,
+    total_seconds,
+)
 from _rows import MINI_POOLS, ada_weights, method_args  # noqa: E402
 
 # fw_inner: inner steps of a labelled-CE inner search (each a pass over every labelled sample;
@@ -171,16 +180,9 @@ def ablate(args, pool: str, settings: dict, out: Path) -> None:
             env=env,
             threads=args.threads,
             reuse=args.reuse,
+            manifest=manifest,
         )
-        return dict(
-            row=label,
-            status=r.status,
-            accuracy=r.accuracy,
-            average=r.average,
-            seconds=r.seconds,
-            error=r.error,
-            args=cli,
-        )
+        return r.row(row=label, overrides=cli)
 
     rows = []
     ada_settings = dict(settings, fw_targets=None)
@@ -202,13 +204,16 @@ def ablate(args, pool: str, settings: dict, out: Path) -> None:
         tasks=tasks,
         settings=settings,
         rows=rows,
-        total_seconds=round(time.perf_counter() - t0, 1),
+        provenance=provenance(manifest),
+        **total_seconds(rows),
+        wall_seconds=round(time.perf_counter() - t0, 1),
     )
     md = to_markdown(result)
     (out / "ablation.md").write_text(
         f"# Ablation on {pool} (modelpool={modelpool} taskpool={taskpool})\n\n"
         f"Average accuracy (%) over {len(tasks)} tasks; each FW row changes one choice of the authors' "
-        f"protocol (the first row of its block). Settings: {json.dumps(settings)}\n\n" + md
+        f"protocol (the first row of its block). Settings: {json.dumps(settings)}\n"
+        f"{describe_provenance(result['provenance'])}\n\n" + md
     )
     (out / "ablation.json").write_text(json.dumps(result, indent=1))
     print()

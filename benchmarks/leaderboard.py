@@ -16,7 +16,7 @@ or "failed: <error>"), never dropped. Outputs in ``--out``: ``leaderboard.md``,
 report, the CLI's full output).
 
     python benchmarks/leaderboard.py                  # offline mini benchmark, full settings
-    python benchmarks/leaderboard.py --quick          # CI: small build, few steps
+    python benchmarks/leaderboard.py --quick          # smoke run: small build, few steps, 4 tasks
     python benchmarks/leaderboard.py --pool text_TA4 --out benchmarks/results/textbench_leaderboard
     python benchmarks/leaderboard.py --hub TA8        # the real protocol (hub + GPU)
 """
@@ -34,10 +34,13 @@ from _common import (  # noqa: E402
     HUB_TASKS,
     RunResult,
     add_run_options,
+    describe_provenance,
     drop_models,
     fmt,
+    provenance,
     resolve_settings,
     run_fusion_bench,
+    total_seconds,
 )
 from _rows import (  # noqa: E402
     ALL_METHODS,
@@ -67,6 +70,7 @@ def run_leaderboard(
     drop_tasks: list[str] | None = None,
     reuse: bool = False,
     clip: bool = True,
+    manifest: dict | None = None,
 ) -> dict:
     """``drop_tasks``: tasks of the pools left out (their models and data sets); ``clip=False``:
     pools without CLIP task names or model-pool test sets (the text benchmark's)."""
@@ -82,7 +86,7 @@ def run_leaderboard(
     rows: list[dict] = []
     for name in methods:
         if name == "individual":
-            per_task, secs, statuses = {}, 0.0, set()
+            per_task, secs, statuses, runs = {}, 0.0, set(), []
             for t in tasks:
                 others = [f"~taskpool.test_datasets.{o}" for o in tasks if o != t]
                 # the task's fine-tuned model takes the pretrained slot; method=dummy returns it
@@ -99,7 +103,9 @@ def run_leaderboard(
                     env=env,
                     threads=threads,
                     reuse=reuse,
+                    manifest=manifest,
                 )
+                runs.append(r)
                 secs += r.seconds
                 statuses.add(r.status)
                 if r.status == "ok":
@@ -114,6 +120,10 @@ def run_leaderboard(
                     average=avg,
                     seconds=round(secs, 1),
                     error=None,
+                    reused=all(r.reused for r in runs),
+                    args={r.label: r.args for r in runs},
+                    method_options={r.label: r.method for r in runs},
+                    provenance={r.label: r.provenance for r in runs},
                 )
             )
             continue
@@ -148,10 +158,9 @@ def run_leaderboard(
             env=env,
             threads=threads,
             reuse=reuse,
+            manifest=manifest,
         )
-        rows.append(
-            dict(method=name, status=r.status, accuracy=r.accuracy, average=r.average, seconds=r.seconds, error=r.error)
-        )
+        rows.append(r.row(method=name))
     normalise(rows, tasks)
     return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
 
@@ -182,7 +191,13 @@ def update(previous: dict, result: dict) -> dict:
     normalise(rows, result["tasks"])
     rerun = sorted(set(previous.get("rerun", [])) | {r["method"] for r in result["rows"]})
     return dict(
-        previous, rows=rows, rerun=rerun, rerun_settings=result["settings"], rerun_seconds=result.get("total_seconds")
+        previous,
+        rows=rows,
+        rerun=rerun,
+        rerun_settings=result["settings"],
+        rerun_seconds=result.get("total_seconds"),
+        rerun_provenance=result.get("provenance"),
+        **total_seconds(rows),
     )
 
 
@@ -193,6 +208,7 @@ def to_markdown(result: dict) -> str:
     for r in result["rows"]:
         accs = [fmt(r["accuracy"].get(t)) for t in tasks]
         status = r["status"] if r["status"] != "failed" else f"failed: {r['error']}"
+        status += " (reused)" if r.get("reused") else ""
         lines.append(
             "| "
             + " | ".join([r["method"], *accs, fmt(r["average"]), fmt(r["normalized"]), f"{r['seconds']:.0f}", status])
@@ -262,7 +278,11 @@ def main(argv=None) -> int:
     p.add_argument(
         "--root", default=None, help="mini benchmark root (default $FUSION_BENCH_FW_MINIBENCH_ROOT or the cache dir)"
     )
-    p.add_argument("--quick", action="store_true", help="small build and few steps (CI)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small build, few steps, and on the mini benchmark the pool's first 4 tasks (unless --tasks)",
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -280,7 +300,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     settings = resolve_settings(args, TEXT_FULL if args.pool in TEXT_POOLS and not args.hub else FULL, QUICK)
     t0 = time.perf_counter()
-    env, device_args = {}, []
+    env, device_args, manifest = {}, [], None
     if args.hub:
         pools = (f"clip-vit-b32_{args.hub}", f"clip-vit-b32_{args.hub}")
         tasks = HUB_TASKS[args.hub]
@@ -311,6 +331,8 @@ def main(argv=None) -> int:
         device_args = ["fabric.accelerator=cpu"]
         print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
     drop = []
+    if args.quick and not args.tasks and not args.hub and args.pool in MINI_POOLS:
+        args.tasks = tasks[:4]  # every row still runs; 4 tasks keep the smoke run to minutes
     if args.tasks:
         unknown = [t for t in args.tasks if t not in tasks]
         if unknown:
@@ -321,9 +343,22 @@ def main(argv=None) -> int:
     text = args.pool in TEXT_POOLS and not args.hub
     methods = args.methods or list(TEXT_METHODS if text else ALL_METHODS)
     result = run_leaderboard(
-        args.out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse, clip=not text
+        args.out,
+        pools,
+        tasks,
+        settings,
+        methods,
+        env,
+        device_args,
+        args.threads,
+        drop,
+        args.reuse,
+        clip=not text,
+        manifest=manifest,
     )
-    result["total_seconds"] = round(time.perf_counter() - t0, 1)
+    result["provenance"] = provenance(manifest)
+    result.update(total_seconds(result["rows"]))  # the rows' measured times (reused rows at theirs)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this invocation, build included
     if args.update and (args.out / "leaderboard.json").is_file():
         result = update(json.loads((args.out / "leaderboard.json").read_text()), result)
     md = to_markdown(result)
@@ -331,6 +366,7 @@ def main(argv=None) -> int:
         f"# Leaderboard: modelpool={pools[0]} taskpool={pools[1]}\n\nAccuracy (%) per task, average, "
         f"normalised accuracy (merged / individual, %), wall time of the fusion_bench run (s).\n"
         f"Settings: {json.dumps(result['settings'])}\n"
+        f"{describe_provenance(result.get('provenance'))}\n"
         + (
             f"Rerun later with the settings {json.dumps(result['rerun_settings'])}: {', '.join(result['rerun'])}\n"
             if result.get("rerun")

@@ -31,7 +31,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import HUB_TASKS, add_run_options, drop_models, fmt, resolve_settings, run_fusion_bench  # noqa: E402
+from _common import (  # noqa: E402
+    HUB_TASKS,
+    add_run_options,
+    describe_provenance,
+    drop_models,
+    fmt,
+    provenance,
+    resolve_settings,
+    run_fusion_bench,
+    total_seconds,
+)
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
@@ -123,11 +133,10 @@ def run_scaling(
                         env=env,
                         threads=threads,
                         reuse=reuse,
+                        manifest=manifest,
                     )
-                    done[key] = dict(
-                        status=r.status, average=r.average, accuracy=r.accuracy, seconds=r.seconds, error=r.error
-                    )
-                rows.append(dict(added=count, pool_size=len(members), method=method, **done[key]))
+                    done[key] = r
+                rows.append(done[key].row(added=count, pool_size=len(members), method=method))
         results["experiments"][exp] = rows
     return results
 
@@ -212,6 +221,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     settings = resolve_settings(args, FULL, QUICK)
     t0 = time.perf_counter()
+    manifest = None
     args.out.mkdir(parents=True, exist_ok=True)
     if args.counts is None:
         args.counts = [0, 1, 2, 3, 4, 5] if args.pool == "text" else [0, 4, 8, 12, 16]
@@ -224,7 +234,7 @@ def main(argv=None) -> int:
         manifest = minibench.build(args.root, params)
         env = {minibench.ENV_VAR: manifest["root"]}
         pools = ("mini_TALL20", "mini_TALL20")
-        results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True)
+        results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True, manifest=manifest)
     elif args.pool == "text":
         from fusion_bench_fw.offline import textbench
 
@@ -252,9 +262,14 @@ def main(argv=None) -> int:
         results = run_scaling(
             args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads, args.reuse
         )
-    results["total_seconds"] = round(time.perf_counter() - t0, 1)
+    results["provenance"] = provenance(manifest)
+    results.update(total_seconds([row for rows in results["experiments"].values() for row in rows]))
+    results["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this invocation, build included
     md = to_markdown(results)
-    (args.out / "scaling.md").write_text(f"# Scaling experiments\n\nSettings: {json.dumps(settings)}\n\n" + md)
+    (args.out / "scaling.md").write_text(
+        f"# Scaling experiments\n\nSettings: {json.dumps(settings)}\n{describe_provenance(results['provenance'])}\n\n"
+        + md
+    )
     (args.out / "scaling.json").write_text(json.dumps(results, indent=1))
     try:
         plot(results, args.out)
@@ -266,7 +281,9 @@ def main(argv=None) -> int:
     return 0
 
 
-def run_task_pool(args, settings, pools: tuple[str, str], tasks: list[str], env=None, mini: bool = False) -> dict:
+def run_task_pool(
+    args, settings, pools: tuple[str, str], tasks: list[str], env=None, mini: bool = False, manifest: dict | None = None
+) -> dict:
     """The authors' protocol on a 20-task pool: targets = the first 4 tasks; the "irrelevant"
     models added are the other 16 tasks' models (evaluated on the 4 targets), the "relevant"
     experiment grows the pool towards all 20 tasks (evaluated on all its tasks). ``pools``:
@@ -308,19 +325,9 @@ def run_task_pool(args, settings, pools: tuple[str, str], tasks: list[str], env=
                     env=env,
                     threads=args.threads,
                     reuse=args.reuse,
+                    manifest=manifest,
                 )
-                rows.append(
-                    dict(
-                        added=c,
-                        pool_size=len(members),
-                        method=m,
-                        status=r.status,
-                        average=r.average,
-                        accuracy=r.accuracy,
-                        seconds=r.seconds,
-                        error=r.error,
-                    )
-                )
+                rows.append(r.row(added=c, pool_size=len(members), method=m))
         results["experiments"][exp] = rows
     return results
 
