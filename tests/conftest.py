@@ -41,8 +41,8 @@ GOLDEN_TINY_CLIP = REPO_ROOT / "tests" / "data" / "tiny_clip_pool"  # see tests/
 INTEGRATION = Path(__file__).resolve().parent / "integration"
 
 
-# the tests that take minutes (the README's quick leaderboards), by file: started first
-LONGEST = ("test_minibench.py", "test_textbench.py")
+# the tests that take minutes (the README's blocks, with the quick leaderboard; the text one), by file: started first
+LONGEST = ("test_readme.py", "test_textbench.py")
 THREADS = 1
 
 

@@ -1,5 +1,5 @@
 """The embedded mini benchmark's committed configs match its builder, and its model list is sane
-(nothing is built here; the reduced leaderboard run is tests/integration/test_minibench.py)."""
+(nothing is built here; the reduced leaderboard run is tests/integration/test_readme.py)."""
 
 from __future__ import annotations
 
