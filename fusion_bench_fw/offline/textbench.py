@@ -15,15 +15,22 @@ one-line descriptions in apt's package lists (``/var/lib/apt/lists/*_Packages*``
 * ``models/<task>``: MiniLM fine-tuned on the task, its own 4-way head inside (the layout of
   FusionBench's RoBERTa GLUE pool: :class:`~fusion_bench_fw.SequenceClassificationBackbonePool`
   merges the backbones, each task keeps its head);
-* ``data/<task>/{train,test}``: ``input_ids``/``attention_mask`` (padded to ``max_length``) and
-  ``label`` (a ``ClassLabel``); ``data/<task>/texts.json`` the raw texts, to read;
-* ``manifest.json``: parameters, the data's digest, each model's own-task test accuracy and the
-  pretrained backbone's with the same head, the task vectors' norms and pairwise cosines.
+* ``data/<task>/{train,val,test}``: ``input_ids``/``attention_mask`` (padded to ``max_length``) and
+  ``label`` (a ``ClassLabel``); ``data/<task>/texts.json`` the raw texts, to read. ``train`` is the
+  fine-tuning data and what FW draws from, ``val`` (the 4 targets only: the irrelevant tasks are
+  never scored) is for choosing hyperparameters (``taskpool=text_TA4_val``), ``test`` gives the
+  reported numbers;
+* ``manifest.json``: parameters, the data's digest, each split's size, each model's own-task test
+  (and validation) accuracy and the pretrained backbone's with the same head, the task vectors'
+  norms and pairwise cosines.
 
 Tasks (:data:`TASKS`), each 4 classes: the first 4 are the *targets*; the others are the
 *irrelevant* models of the scaling experiment (fine-tuned on other tasks; their heads unused).
 Splits are honest: texts are de-duplicated, and a package's source package (all its binaries,
 ``-dev``, ``-doc``...) and a fortune's text fall wholly in train or in test, by a hash.
+Validation texts come from what neither sample took, and from groups (source packages) neither
+sample touched, so they share no text and no source package with train or test, and adding them
+changed no model and no test set (:func:`split_examples`).
 Each model is cached under a key of everything it depends on (the data included).
 """
 
@@ -60,6 +67,9 @@ FORTUNES_ENV, FORTUNES_DEFAULT = "FORTUNES_DIR", "/usr/share/games/fortunes"
 APT_LISTS_ENV, APT_LISTS_DEFAULT = "APT_LISTS_DIR", "/var/lib/apt/lists"
 APT_PACKAGES = ("fortunes", "fortunes-de", "fortunes-es", "fortunes-it")
 BUILDER_VERSION = 1
+# Bump when the saved data sets change but no model does: it keys the manifest only, so a build
+# over an older root reuses every model and writes what is new (2: the validation splits).
+DATA_VERSION = 2
 
 
 # English files of the `fortunes` package for the language task (not the topic tasks' files; the
@@ -262,36 +272,56 @@ def load_packages(spec: TaskSpec, index: dict) -> list[tuple[str, int, str]]:
 
 
 def split_examples(
-    rows: list[tuple[str, int, str]], spec: TaskSpec, n_train: int, n_test: int, seed: int
+    rows: list[tuple[str, int, str]], spec: TaskSpec, n_train: int, n_test: int, seed: int, n_val: int = 0
 ) -> dict[str, list[tuple[str, int]]]:
     """Balanced train/test splits: duplicates dropped (a text in two classes is dropped), each
     group (source package / text) wholly in test when its hash says so (1 in 4), then per class
-    a seeded sample of ``n_train`` / ``n_test``."""
+    a seeded sample of ``n_train`` / ``n_test``.
+
+    With ``n_val``, also ``"val"``: per class a seeded sample of up to ``n_val`` texts from what
+    is left, the texts neither sample took whose group has no text in either sample (either side
+    of the hash). Train and test are exactly those of ``n_val=0``: the validation split was added
+    after the models were built, and changes neither."""
     labels_of: dict[str, set] = {}
     for text, label, _ in rows:
         labels_of.setdefault(text, set()).add(label)
-    seen, by_split = set(), {"train": {}, "test": {}}
+    seen, by_split, group_of = set(), {"train": {}, "test": {}}, {}
     for text, label, group in sorted(rows):
         if len(labels_of[text]) > 1 or text in seen:
             continue
         seen.add(text)
+        group_of[text] = group
         split = "test" if int(hashlib.sha1(f"{spec.name}:{group}".encode()).hexdigest(), 16) % 4 == 0 else "train"
         by_split[split].setdefault(label, []).append(text)
     out = {}
     for split, n in (("train", n_train), ("test", n_test)):
-        rng = random.Random(f"{seed}-{spec.name}-{split}")
-        chosen = []
-        for label in range(len(spec.classes)):
-            texts = by_split[split].get(label, [])
-            if len(texts) < n // 4:
-                raise ValueError(
-                    f"task {spec.name}: class {spec.classnames[label]!r} has {len(texts)} {split} texts, fewer than "
-                    f"{n // 4}; lower --n-train/--n-test"
-                )
-            chosen += [(t, label) for t in rng.sample(texts, min(n, len(texts)))]
-        rng.shuffle(chosen)
-        out[split] = chosen
+        out[split] = _sample(spec, split, n, seed, lambda label, split=split: by_split[split].get(label, []))
+    if n_val:
+        used = {group_of[t] for split in ("train", "test") for t, _ in out[split]}
+        out["val"] = _sample(
+            spec,
+            "val",
+            n_val,
+            seed,
+            lambda label: [t for s in ("test", "train") for t in by_split[s].get(label, []) if group_of[t] not in used],
+        )
     return out
+
+
+def _sample(spec: TaskSpec, split: str, n: int, seed: int, texts_of) -> list[tuple[str, int]]:
+    """Per class a seeded sample of ``n`` of ``texts_of(label)`` (all of them when fewer), shuffled."""
+    rng = random.Random(f"{seed}-{spec.name}-{split}")
+    chosen = []
+    for label in range(len(spec.classes)):
+        texts = texts_of(label)
+        if len(texts) < n // 4:
+            raise ValueError(
+                f"task {spec.name}: class {spec.classnames[label]!r} has {len(texts)} {split} texts, fewer than "
+                f"{n // 4}; lower --n-train/--n-val/--n-test"
+            )
+        chosen += [(t, label) for t in rng.sample(texts, min(n, len(texts)))]
+    rng.shuffle(chosen)
+    return chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,6 +337,7 @@ class BuildParams:
     seed: int = 0
     n_train: int = 300  # train texts per class (FW's objective uses 100 per task of them)
     n_test: int = 100  # test texts per class
+    n_val: int = 100  # validation texts per class, the 4 targets only (fewer where a class has no more left)
     max_length: int = 32
     finetune_steps: int = 150
     finetune_lr: float = 5e-5
@@ -321,18 +352,26 @@ class BuildParams:
             raise ValueError("scope must be 'targets' or 'all'")
 
     def key(self) -> dict:
+        """What the models depend on (with the data's digest, each model's cache key)."""
         import torch
         import transformers
 
         d = asdict(self)
         d.pop("scope")
         d.pop("threads")
+        d.pop("n_val")  # the validation split is drawn from what train and test leave: no model depends on it
         d.update(builder_version=BUILDER_VERSION, torch=torch.__version__, transformers=transformers.__version__)
         return d
 
+    def manifest_key(self) -> dict:
+        """The build's key (the manifest's ``key``): the models' key, ``n_val`` and
+        :data:`DATA_VERSION`; a root whose manifest holds another key is built again (its models
+        reused where their own keys match)."""
+        return {**self.key(), "n_val": self.n_val, "data_version": DATA_VERSION}
+
 
 # tests and CI: 2 targets' worth of steps, small splits
-QUICK = dict(n_train=48, n_test=25, max_length=24, finetune_steps=12, finetune_lr=1e-4)
+QUICK = dict(n_train=48, n_test=25, n_val=25, max_length=24, finetune_steps=12, finetune_lr=1e-4)
 
 
 def _save_dataset(path: str, rows: Sequence[tuple[str, int]], tokenizer, params: BuildParams, classnames):
@@ -439,12 +478,17 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
         else:
             index = index if index is not None else load_package_index(os.environ.get(APT_LISTS_ENV, APT_LISTS_DEFAULT))
             rows = load_packages(spec, index)
-        splits[spec.name] = split_examples(rows, spec, params.n_train, params.n_test, params.seed)
-    data = {name: digest(split) for name, split in splits.items()}  # each model depends on its own task's data
-    key = params.key()
+        n_val = params.n_val if spec.group == "task" else 0  # the irrelevant tasks are never scored
+        splits[spec.name] = split_examples(rows, spec, params.n_train, params.n_test, params.seed, n_val=n_val)
+    # each model depends on its own task's train and test data (not on val, drawn from what they leave)
+    data = {name: digest({s: split[s] for s in ("train", "test")}) for name, split in splits.items()}
+    data_val = {name: digest(split["val"]) for name, split in splits.items() if "val" in split}
+    key = params.manifest_key()
     old = read_manifest(root)
     names = [s.name for s in specs]
-    if not force and old and old.get("key") == key and all(old.get("data", {}).get(n) == data[n] for n in names):
+    same_data = all(old.get("data", {}).get(n) == data[n] for n in names) if old else False
+    same_val = all(old.get("data_val", {}).get(n) == d for n, d in data_val.items()) if old else False
+    if not force and old and old.get("key") == key and same_data and same_val:
         if all(os.path.isfile(os.path.join(root, "models", n, "model.safetensors")) for n in [PRETRAINED, *names]):
             return old  # it may hold more models (an "all" build serves "targets")
     _log(f"building into {root} ({len(specs)} tasks, {params.finetune_steps} steps each)")
@@ -467,12 +511,13 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
     for i, spec in enumerate(bar):
         data_dir = os.path.join(root, "data", spec.name)
         os.makedirs(data_dir, exist_ok=True)
-        for split in ("train", "test"):
+        for split in splits[spec.name]:  # train, test, and val for the targets
             _save_dataset(os.path.join(data_dir, split), splits[spec.name][split], tokenizer, params, spec.classnames)
         with open(os.path.join(data_dir, "texts.json"), "w") as f:
             json.dump({"classnames": spec.classnames, **splits[spec.name]}, f, ensure_ascii=False, indent=0)
         train = _tensors(splits[spec.name]["train"], tokenizer, params.max_length)
         test = _tensors(splits[spec.name]["test"], tokenizer, params.max_length)
+        val = _tensors(splits[spec.name]["val"], tokenizer, params.max_length) if "val" in splits[spec.name] else None
         model_dir = os.path.join(root, "models", spec.name)
         mkey = model_key(params, spec, data[spec.name])
         start = time.perf_counter()
@@ -492,7 +537,10 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
             "classnames": spec.classnames,
             "own_test_accuracy": _accuracy(model, *test),
             "pretrained_backbone_accuracy": _accuracy(pretrained, *test),
+            "own_val_accuracy": None if val is None else _accuracy(model, *val),
+            "pretrained_backbone_val_accuracy": None if val is None else _accuracy(pretrained, *val),
             "train_texts": len(train[2]),
+            "val_texts": 0 if val is None else len(val[2]),
             "test_texts": len(test[2]),
             "seconds": round(time.perf_counter() - start, 1),
         }
@@ -501,6 +549,15 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool) -> dict:
     manifest = {
         "key": key,
         "data": data,
+        "data_val": data_val,
+        # texts per split and class (fewer than n_train / n_val / n_test where a class has no more)
+        "splits": {
+            name: {
+                s: [sum(1 for _, y in rows if y == c) for c in range(len(SPECS[name].classes))]
+                for s, rows in split.items()
+            }
+            for name, split in splits.items()
+        },
         "scope": params.scope,
         "root": root,
         "env_var": ENV_VAR,
@@ -569,18 +626,21 @@ def render_configs() -> dict[str, str]:
         for t in TARGETS:
             lines += [f"  {t}:", "    _target_: datasets.load_from_disk", f"    dataset_path: {data(t, 'train')}"]
         out[f"modelpool/{name}.yaml"] = "\n".join(lines + tokenizer) + "\n"
-    lines = [
-        _HEADER.format(
-            what="each target task's own head on the evaluated backbone",
-            env=ENV_VAR,
-            build=f"{BUILD_COMMAND} --scope targets",
-        )
-    ]
-    lines += ["_target_: fusion_bench_fw.fusionbench.lm_taskpool.TextClassificationTaskPool", "test_datasets:"]
-    for t in TARGETS:
-        lines += [f"  {t}:", "    _target_: datasets.load_from_disk", f"    dataset_path: {data(t, 'test')}"]
-    lines += tokenizer + ["dataloader_kwargs: {batch_size: 128, num_workers: 0}", "fast_dev_run: false"]
-    out["taskpool/text_TA4.yaml"] = "\n".join(lines) + "\n"
+    for name, split, on in (("text_TA4", "test", ""), ("text_TA4_val", "val", ", scored on the validation splits")):
+        lines = [
+            _HEADER.format(
+                what=f"each target task's own head on the evaluated backbone{on}",
+                env=ENV_VAR,
+                build=f"{BUILD_COMMAND} --scope targets",
+            )
+        ]
+        if split == "val":
+            lines.append("# Validation: for choosing hyperparameters and defaults; report text_TA4's numbers.")
+        lines += ["_target_: fusion_bench_fw.fusionbench.lm_taskpool.TextClassificationTaskPool", "test_datasets:"]
+        for t in TARGETS:
+            lines += [f"  {t}:", "    _target_: datasets.load_from_disk", f"    dataset_path: {data(t, split)}"]
+        lines += tokenizer + ["dataloader_kwargs: {batch_size: 128, num_workers: 0}", "fast_dev_run: false"]
+        out[f"taskpool/{name}.yaml"] = "\n".join(lines) + "\n"
     return out
 
 

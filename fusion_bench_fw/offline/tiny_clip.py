@@ -13,15 +13,19 @@ pool need, with no hub access:
   Arithmetic); saved with ``save_pretrained`` (safetensors).
 * ``ROOT/models/<task>_permuted`` ("irrelevant" models, ``irrelevant=`` of them): fine-tuned the
   same way on a task whose labels are cyclically shifted, so they conflict with that task.
-* ``ROOT/data/<name>/{train,test}``: ``datasets.Dataset`` with ``image`` (PIL) and ``label``
-  (``ClassLabel`` with the class names) features, saved with ``save_to_disk``.
+* ``ROOT/data/<name>/{train,val,test}``: ``datasets.Dataset`` with ``image`` (PIL) and ``label``
+  (``ClassLabel`` with the class names) features, saved with ``save_to_disk``: ``train`` is the
+  fine-tuning data and what FW draws from, ``val`` is for choosing hyperparameters
+  (``taskpool=fw_tiny_clip_val``), ``test`` gives the reported numbers. Each split is drawn from
+  its own seeded generator, so adding ``val`` left the models, ``train`` and ``test`` as they were.
 * ``ROOT/manifest.json``: the build parameters, tasks, class names, templates, file hashes and
-  the in-process zero-shot accuracies of every model on every task. A build whose manifest
+  the in-process accuracies of every model on every task's test set (``accuracy``) and
+  validation set (``val_accuracy``), each data set's split sizes. A build whose manifest
   matches the requested parameters is skipped.
 
 Default tasks (all learnable from one simple visual cue): ``tiny_colors`` (colour of a
 rectangle), ``tiny_stripes`` (stripe orientation), ``tiny_quadrants`` (where a square is) and
-``tiny_sizes`` (how large a square is). 64 train and 32 test images each; 75% of them are drawn
+``tiny_sizes`` (how large a square is). 64 train, 32 validation and 32 test images each; 75% of them are drawn
 in a "shifted" style pre-training never saw (bright ground, inverted contrast, wide stripes), so
 on the default build the pre-trained model scores 0.25-0.72 and each fine-tuned model 0.84-1.0
 on its own task (``manifest["accuracy"]``). About 7 s, 2.2 MB on disk.
@@ -329,7 +333,8 @@ class BuildParams:
     Attributes:
         tasks: names from :data:`TASKS`.
         seed: the one seed everything derives from.
-        n_train / n_test: saved images per task and split (the fine-tuning data is ``train``).
+        n_train / n_val / n_test: saved images per task and split (the fine-tuning data is
+            ``train``; each split has its own generator, so ``n_val`` changes no other split).
         irrelevant: how many label-permuted "irrelevant" models (and data sets) to add.
         shift_fraction: share of a task's saved images drawn in the shifted style.
         n_pretrain: images per task in the pre-training corpus (generated, never saved).
@@ -345,6 +350,7 @@ class BuildParams:
     seed: int = 0
     n_train: int = 64
     n_test: int = 32
+    n_val: int = 32
     irrelevant: int = 1
     shift_fraction: float = 0.75
     n_pretrain: int = 512
@@ -360,6 +366,8 @@ class BuildParams:
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown or not self.tasks:
             raise ValueError(f"unknown tiny tasks {unknown or '(none given)'}; known: {list(TASKS)}")
+        if min(self.n_train, self.n_val, self.n_test) < 1:
+            raise ValueError("n_train, n_val and n_test must each be at least 1")
 
     def to_json(self) -> dict:
         import torch
@@ -454,9 +462,10 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
 
     arrays: dict[str, dict[str, list[np.ndarray]]] = {}
     labels: dict[str, dict[str, list[int]]] = {}
+    sizes = {"train": build.n_train, "val": build.n_val, "test": build.n_test}
     for t in tasks:
         arrays[t], labels[t] = {}, {}
-        for split, n in (("train", build.n_train), ("test", build.n_test)):
+        for split, n in sizes.items():  # each split from its own generator: disjoint draws
             arrays[t][split], labels[t][split] = _draw_set(t, n, _rng(seed, "data", t, split), build.shift_fraction)
     for name, (base, label_map) in spec.items():
         if label_map is not None:
@@ -466,14 +475,14 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
     files: dict[str, str | None] = {}
     for name, (base, _) in spec.items():
         features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(TASKS[base].classnames))})
-        for split in ("train", "test"):
+        for split in sizes:
             rel = os.path.join("data", name, split)
             images = [Image.fromarray(a) for a in arrays[name][split]]
             Dataset.from_dict({"image": images, "label": labels[name][split]}, features=features).save_to_disk(
                 os.path.join(root, rel)
             )
             files[os.path.join(rel, "dataset_info.json")] = None
-    pixels = {t: {s: to_pixels(arrays[t][s]) for s in ("train", "test")} for t in tasks}
+    pixels = {t: {s: to_pixels(arrays[t][s]) for s in sizes} for t in tasks}
     targets = {name: {s: torch.tensor(ys) for s, ys in labels[name].items()} for name in spec}
     _log(verbose, f"data written ({time.perf_counter() - t_start:.1f}s)")
 
@@ -550,14 +559,15 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
         vision_models[name] = vm
     _log(verbose, f"fine-tuned {len(spec)} models ({time.perf_counter() - t_start:.1f}s)")
 
-    # ---- every model on every test set (same head and scale as FusionBench's classifier) ---
-    accuracy: dict[str, dict[str, float]] = {}
+    # ---- every model on every test and val set (same head and scale as FusionBench's classifier)
+    accuracy: dict[str, dict[str, dict[str, float]]] = {"test": {}, "val": {}}
     with torch.no_grad():
-        for model_name, vm in vision_models.items():
-            accuracy[model_name] = {}
-            for name, (base, _) in spec.items():
-                pred = (image_embeds(vm, projection, pixels[base]["test"]) @ heads[base].t()).argmax(-1)
-                accuracy[model_name][name] = (pred == targets[name]["test"]).float().mean().item()
+        for split, table in accuracy.items():
+            for model_name, vm in vision_models.items():
+                table[model_name] = {}
+                for name, (base, _) in spec.items():
+                    pred = (image_embeds(vm, projection, pixels[base][split]) @ heads[base].t()).argmax(-1)
+                    table[model_name][name] = (pred == targets[name][split]).float().mean().item()
 
     for dirpath, _, filenames in os.walk(os.path.join(root, "models")):
         for fn in filenames:
@@ -583,7 +593,9 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
         "irrelevant": {
             name: dict(task_entry(name, base), base_task=base, label_shift=shift) for name, base, shift in irr
         },
-        "accuracy": accuracy,
+        "accuracy": accuracy["test"],
+        "val_accuracy": accuracy["val"],
+        "splits": {name: dict(sizes) for name in spec},
         "files": dict(sorted(files.items())),
         "build_seconds": round(time.perf_counter() - t_start, 2),
     }

@@ -48,3 +48,18 @@ def test_pretrained_from_repo_root_matches_builder(run_fusion_bench, repo_root, 
     n_test = tiny_clip_manifest["params"]["n_test"]
     for task in TINY_TASKS:
         assert acc[task] == pytest.approx(tiny_clip_manifest["accuracy"]["_pretrained_"][task], abs=1 / n_test + 1e-6)
+
+
+def test_the_val_taskpool_scores_the_validation_splits(run_fusion_bench, tmp_path, tiny_clip_manifest):
+    # taskpool=fw_tiny_clip_val: the same tasks on data/<task>/val; the pre-trained model's
+    # accuracies there are the builder's in-process validation accuracies
+    run = run_fusion_bench(
+        ["method=dummy", "modelpool=fw_tiny_clip", "taskpool=fw_tiny_clip_val"], cwd=tmp_path
+    ).check()
+    acc = run.accuracies()
+    assert set(acc) == set(TINY_TASKS) | {"average"}
+    n_val = tiny_clip_manifest["params"]["n_val"]
+    for task in TINY_TASKS:
+        assert acc[task] == pytest.approx(
+            tiny_clip_manifest["val_accuracy"]["_pretrained_"][task], abs=1 / n_val + 1e-6
+        )

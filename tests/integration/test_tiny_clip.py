@@ -47,9 +47,11 @@ def test_layout_and_data_format(tiny_clip_root, tiny_clip_manifest):
     assert list(m["irrelevant"]) == ["tiny_colors_permuted"]
     assert (tiny_clip_root / "models" / "_pretrained_" / "config.json").is_file()
     assert (tiny_clip_root / "models" / "_pretrained_" / "tokenizer.json").is_file()
-    for _name, entry in {**m["tasks"], **m["irrelevant"]}.items():
+    for name, entry in {**m["tasks"], **m["irrelevant"]}.items():
         assert (tiny_clip_root / entry["model"] / "model.safetensors").is_file()
-        for split, n in (("train", m["params"]["n_train"]), ("test", m["params"]["n_test"])):
+        for split in ("train", "val", "test"):
+            n = m["params"][f"n_{split}"]
+            assert m["splits"][name][split] == n
             ds = load_from_disk(str(tiny_clip_root / entry["data"] / split))
             assert len(ds) == n
             assert isinstance(ds.features["label"], ClassLabel)
@@ -85,7 +87,7 @@ def test_data_is_the_committed_pools_on_any_machine(tiny_clip_root, repo_root):
 
     committed = repo_root / "tests" / "data" / "tiny_clip_pool"
     folders = sorted(p.relative_to(committed) for p in (committed / "data").glob("*/*"))
-    assert len(folders) == 2 * (len(tiny_clip.DEFAULT_TASKS) + 1)
+    assert len(folders) == 3 * (len(tiny_clip.DEFAULT_TASKS) + 1)  # train, val, test
     for rel in folders:
         ours, theirs = load_from_disk(str(tiny_clip_root / rel)), load_from_disk(str(committed / rel))
         assert ours["label"] == theirs["label"], rel

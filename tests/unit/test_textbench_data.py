@@ -83,3 +83,29 @@ def test_a_models_cache_key_is_the_same_in_every_scope():
     assert a != tb.model_key(tb.BuildParams(), spec, "d2")
     assert a != tb.model_key(tb.BuildParams(finetune_steps=10), spec, "d1")
     assert a != tb.model_key(tb.BuildParams(), tb.SPECS["package_dev"], "d1")
+
+
+def test_the_val_split_comes_from_what_train_and_test_leave_and_changes_neither():
+    """Validation texts: none in train or test, no source package shared with either, up to
+    ``n_val`` per class; train and test are exactly those of a split without validation (the
+    models and test sets built before it stand)."""
+    rows = _rows(n_groups=80) + [("shared text", 0, "x1"), ("shared text", 1, "x2")]
+    plain = tb.split_examples(rows, SPEC, n_train=6, n_test=3, seed=0)
+    with_val = tb.split_examples(rows, SPEC, n_train=6, n_test=3, seed=0, n_val=4)
+    assert {s: with_val[s] for s in ("train", "test")} == plain
+    group = {t: g for t, _, g in rows}
+    groups = {s: {group[t] for t, _ in with_val[s]} for s in with_val}
+    assert groups["val"] and groups["val"].isdisjoint(groups["train"] | groups["test"])
+    assert [sum(1 for _, y in with_val["val"] if y == c) for c in range(4)] == [4] * 4
+    assert "shared text" not in {t for t, _ in with_val["val"]}
+    assert with_val == tb.split_examples(list(reversed(rows)), SPEC, n_train=6, n_test=3, seed=0, n_val=4)
+    with pytest.raises(ValueError, match=r"val texts, fewer than .*lower --n-train/--n-val"):
+        tb.split_examples(_rows(n_groups=16), SPEC, n_train=3, n_test=1, seed=0, n_val=40)
+
+
+def test_n_val_keys_the_manifest_not_the_models():
+    """A root built before the validation splits keeps its models but is not taken for a build with them."""
+    spec = tb.SPECS["package_app"]
+    assert tb.model_key(tb.BuildParams(n_val=7), spec, "d1") == tb.model_key(tb.BuildParams(), spec, "d1")
+    assert tb.BuildParams(n_val=7).manifest_key() != tb.BuildParams().manifest_key()
+    assert tb.BuildParams().manifest_key()["data_version"] == tb.DATA_VERSION >= 2

@@ -8,7 +8,8 @@ local paths, into ``ROOT`` (``$FUSION_BENCH_FW_MINIBENCH_ROOT``, default
 * ``models/_pretrained_``: a tiny ``transformers.CLIPModel`` (the text tower and the in-code
   character-level tokenizer of :mod:`fusion_bench_fw.offline.tiny_clip`, a 128-wide 3-layer
   vision tower) pre-trained contrastively on a corpus that shows every source in every style
-  (held-out Fashion-MNIST and MNIST slices, sklearn's digits; plain, negative, rotated,
+  (Fashion-MNIST and MNIST slices no task trains, validates or tests on, and sklearn's digits:
+  the digits tasks' train images, never their test images; plain, negative, rotated,
   upside-down, mirrored-negative), captioned the way the web describes a picture: "a rotated
   drawing of a three.". Task heads use the plain template "a photo of a {class}.", and some
   tasks' labels (parity, size, coarse groups) are never captioned: features serve every task,
@@ -17,10 +18,15 @@ local paths, into ``ROOT`` (``$FUSION_BENCH_FW_MINIBENCH_ROOT``, default
   with cross-entropy against the *frozen* zero-shot head of its task (as Task Arithmetic does).
   The heads are computed from the text tower exactly as FusionBench's ``HFCLIPClassifier``
   computes them, so FusionBench's own CLIP task pool evaluates the same classifier.
-* ``data/<name>/{train,test}``: ``datasets.Dataset`` with ``image`` (28x28 grey PIL) and
-  ``label`` (``ClassLabel`` with the class names), written with ``save_to_disk``.
-* ``manifest.json``: parameters, model list, per-model own-task accuracies, the task vectors'
-  norms and pairwise cosines, timings.
+* ``data/<name>/{train,val,test}``: ``datasets.Dataset`` with ``image`` (28x28 grey PIL) and
+  ``label`` (``ClassLabel`` with the class names), written with ``save_to_disk`` (``data_key.txt``:
+  a digest of the content, so a rebuild rewrites only a data set that changed). ``train`` is
+  what FW and any data-using method draw from, ``val`` is for choosing hyperparameters and
+  defaults (``taskpool=mini_TA8_val``...), ``test`` gives the reported numbers. Validation was
+  added after the models and test sets, from images neither uses (:mod:`.sources` says where
+  from: the MNIST tasks' are pre-training images, and the digits tasks have none).
+* ``manifest.json``: parameters, model list, per-model own-task accuracies (test and
+  validation), each data set's split sizes, the task vectors' norms and pairwise cosines, timings.
 
 Real data (offline): Fashion-MNIST from the Debian package ``dataset-fashion-mnist``
 (``/usr/share/datasets/fashion-mnist``, or ``$FMNIST_DIR``), 5,000 real MNIST digits from
@@ -37,7 +43,7 @@ Each model is cached under a key of everything it depends on; a rebuild reuses w
 
 The modules, one job each (this package re-exports what other code uses):
 
-* :mod:`.sources`: the real data, read and split once;
+* :mod:`.sources`: the real data, read and split once (pre-training, train, validation, test);
 * :mod:`.tasks`: the tasks, their class names, image and label transforms, and the model list;
 * :mod:`.training`: the CLIP model, its contrastive pre-training and each model's fine-tuning;
 * :mod:`.builder`: the build parameters and scopes, and :func:`build` (data sets, models, cache
@@ -53,6 +59,7 @@ from __future__ import annotations
 from ..builds import task_vector_diagnostics
 from .builder import (
     BUILDER_VERSION,
+    DATA_VERSION,
     ENV_VAR,
     QUICK,
     SCOPE_TASKS,
@@ -62,13 +69,14 @@ from .builder import (
     default_root,
     read_manifest,
 )
-from .configs import build_command, main, pool_contents, render_configs, scope_for
+from .configs import build_command, has_val, main, pool_contents, render_configs, scope_for, val_taskpools
 from .sources import load_fashion
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, model_specs
 
 __all__ = [
     "ALL_TASKS",
     "BUILDER_VERSION",
+    "DATA_VERSION",
     "ENV_VAR",
     "QUICK",
     "SCOPES",
@@ -80,6 +88,7 @@ __all__ = [
     "build",
     "build_command",
     "default_root",
+    "has_val",
     "load_fashion",
     "main",
     "model_specs",
@@ -88,4 +97,5 @@ __all__ = [
     "render_configs",
     "scope_for",
     "task_vector_diagnostics",
+    "val_taskpools",
 ]

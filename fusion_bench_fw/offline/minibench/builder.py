@@ -1,8 +1,10 @@
 """The mini benchmark's build: its parameters and scopes, and :func:`build`, which writes the
-models, the data sets, each model's cache key and the manifest under the root."""
+models, the data sets (train, validation, test), each model's cache key and the manifest under
+the root."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,13 +19,16 @@ from fusion_bench_fw import PRETRAINED
 from .. import builds
 from ..builds import digest, flat, key_matches, task_vector_diagnostics, torch_threads, write_key, write_manifest
 from ..tiny_clip import TEMPLATES, image_embeds, make_processor, text_head
-from .sources import Sources, load_sources
+from .sources import FASHION_VAL, Sources, load_sources
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, ModelSpec, model_specs, task_images, task_labels
 from .training import finetune, pretrain
 
 ENV_VAR = "FUSION_BENCH_FW_MINIBENCH_ROOT"
-# Bump when the builder's output changes for the same parameters.
+# Bump when the builder's models change for the same parameters (it keys every model).
 BUILDER_VERSION = 3
+# Bump when the saved data sets change but no model does: it keys the manifest only, so a build
+# over an older root reuses every model and writes what is new (2: the validation splits).
+DATA_VERSION = 2
 
 
 def default_root() -> str:
@@ -65,6 +70,8 @@ class BuildParams:
     n_train_saved: int = 500  # saved train split per task (FW uses 100 of them)
     n_test: int = 1000  # test images per task (digits: all 500 held out)
     n_test_other: int = 300  # test images saved for irrelevant / noisy models (AdaMerging)
+    n_val: int = 1000  # validation images per task (mnist: at most 1,000; digits: none, see sources.py)
+    n_val_other: int = 300  # validation images saved for irrelevant / noisy models
     vision_hidden: int = 128  # the vision tower (tiny_clip's text tower and tokenizer are kept)
     vision_layers: int = 3
     pretrain_steps: int = 3000
@@ -81,14 +88,26 @@ class BuildParams:
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}")
 
+    # what shapes the validation sets only: in the manifest's key, never in a model's
+    VAL_FIELDS = ("n_val", "n_val_other")
+
     def key(self) -> dict:
+        """What the models depend on (each model's cache key is derived from it)."""
         import torch
         import transformers
 
         d = asdict(self)
         d.pop("scope")
+        for field in self.VAL_FIELDS:
+            d.pop(field)
         d.update(builder_version=BUILDER_VERSION, torch=torch.__version__, transformers=transformers.__version__)
         return json.loads(json.dumps(d))  # as stored in the manifest (tuples become lists)
+
+    def manifest_key(self) -> dict:
+        """The build's key (the manifest's ``key``): the models' key, the validation sizes and
+        :data:`DATA_VERSION`; a root whose manifest holds another key is built again (its models
+        reused where their own keys match)."""
+        return {**self.key(), **{f: getattr(self, f) for f in self.VAL_FIELDS}, "data_version": DATA_VERSION}
 
 
 # tests and CI: a smaller tower, fewer images and steps (the regime is not calibrated at this size)
@@ -97,6 +116,8 @@ QUICK = dict(
     n_train_saved=200,
     n_test=300,
     n_test_other=100,
+    n_val=300,
+    n_val_other=100,
     vision_hidden=64,
     vision_layers=2,
     pretrain_steps=300,
@@ -115,12 +136,35 @@ def _log(msg: str):
 # --------------------------------------------------------------------------------------------
 
 
+def _fashion_start(slice_index: int, n: int, pool_size: int) -> int:
+    """Where a Fashion-based model's train slice starts in ``sources.fashion_pool``."""
+    return (slice_index * n) % (pool_size - n)
+
+
+def check_fashion_val(params: BuildParams, pool_size: int) -> None:
+    """Refuse parameters under which a Fashion-based model's train slice (of the full build, any
+    scope) would reach the validation images, the pool's last :data:`FASHION_VAL`."""
+    n, limit = params.train_slice, pool_size - FASHION_VAL
+    ends = [
+        _fashion_start(s.slice_index, n, pool_size) + n
+        for s in model_specs(params.n_noisy)
+        if s.task.source == "fashion"
+    ]
+    if max(ends) > limit:
+        raise ValueError(
+            f"the Fashion-MNIST train slices ({len(ends)} of {n} images) reach into the validation images "
+            f"(the last {FASHION_VAL} of the pool of {pool_size}); lower --train-slice or --n-noisy"
+        )
+    if max(params.n_val, params.n_val_other) > FASHION_VAL:
+        raise ValueError(f"n_val and n_val_other must be at most {FASHION_VAL} (the Fashion-MNIST validation images)")
+
+
 def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> tuple[np.ndarray, np.ndarray]:
     src = spec.task.source
     if src == "fashion":
         x, y = sources.fashion_pool
         n = params.train_slice
-        start = (spec.slice_index * n) % (len(x) - n)
+        start = _fashion_start(spec.slice_index, n, len(x))
         return x[start : start + n], y[start : start + n]
     x, y = sources.mnist_train if src == "mnist" else sources.digits_train
     if src == "digits":
@@ -130,30 +174,94 @@ def _slice(sources: Sources, spec: ModelSpec, params: BuildParams) -> tuple[np.n
     return x[start : start + n], y[start : start + n]
 
 
+def _window(x: np.ndarray, y: np.ndarray, n: int, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``index``-th task's ``n`` images of a Fashion-MNIST split: tasks on one source see other
+    windows of it (in their own styles)."""
+    start = (index * n) % (len(x) - n + 1)
+    return x[start : start + n], y[start : start + n]
+
+
 def _test_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np.ndarray, np.ndarray]:
     src = spec.task.source
     if src == "fashion":
-        x, y = sources.fashion_test
-        start = (index * n) % (len(x) - n + 1)
-        return x[start : start + n], y[start : start + n]
+        return _window(*sources.fashion_test, n, index)
     x, y = sources.mnist_test if src == "mnist" else sources.digits_test
     return x[:n], y[:n]
 
 
+def _val_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The task's validation images and source labels, derived as :func:`_test_set` derives its
+    test set (None for the digits tasks: no digit is left over, see sources.py)."""
+    src = spec.task.source
+    if src == "fashion":
+        return _window(*sources.fashion_val, n, index)
+    if src == "mnist":
+        x, y = sources.mnist_val
+        return x[:n], y[:n]
+    return None
+
+
+def source_data(
+    sources: Sources, spec: ModelSpec, params: BuildParams, position: int
+) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """A model's source images and labels (before its task's style and labels): ``train`` (its
+    whole fine-tuning slice; the saved train split is its first ``n_train_saved``), ``val`` (None
+    for the digits tasks) and ``test``. ``position``: the model's place in the build's model list
+    (the irrelevant and noisy models' windows follow it; a task's follow its place in ALL_TASKS)."""
+    index = ALL_TASKS.index(spec.base_task) if spec.base_task in ALL_TASKS else position
+    task = spec.group == "task"
+    return {
+        "train": _slice(sources, spec, params),
+        "val": _val_set(sources, spec, params.n_val if task else params.n_val_other, index),
+        "test": _test_set(sources, spec, params.n_test if task else params.n_test_other, index),
+    }
+
+
+def task_data(
+    sources: Sources, spec: ModelSpec, params: BuildParams, position: int
+) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+    """:func:`source_data` in the task's style: its images and task labels per split."""
+    return {
+        split: None if xy is None else (task_images(spec.task, xy[0]), task_labels(spec.task, xy[1]))
+        for split, xy in source_data(sources, spec, params, position).items()
+    }
+
+
+DATA_KEY = "data_key.txt"  # in each saved data set: a digest of its images, labels and class names
+
+
 def _save_dataset(path: str, images: np.ndarray, labels: np.ndarray, classnames: Sequence[str]):
+    """Write the data set unless ``path`` already holds exactly it (its :data:`DATA_KEY` matches):
+    a build with another seed or size into an older root rewrites what changed."""
+    import shutil
+
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as ImageFeature
     from PIL import Image
 
-    if os.path.isfile(os.path.join(path, "dataset_info.json")):
+    labels = [int(v) for v in labels]
+    key = digest([hashlib.sha256(np.ascontiguousarray(images).tobytes()).hexdigest(), labels, list(classnames)])
+    if _has_key(os.path.join(path, DATA_KEY), key) and os.path.isfile(os.path.join(path, "dataset_info.json")):
         return
     features = Features({"image": ImageFeature(), "label": ClassLabel(names=list(classnames))})
-    ds = Dataset.from_dict(
-        {"image": [Image.fromarray(a) for a in images], "label": [int(v) for v in labels]}, features=features
-    )
+    ds = Dataset.from_dict({"image": [Image.fromarray(a) for a in images], "label": labels}, features=features)
     tmp = path + ".tmp"
+    if os.path.isdir(tmp):
+        shutil.rmtree(tmp)
     ds.save_to_disk(tmp)
+    with open(os.path.join(tmp, DATA_KEY), "w") as f:
+        f.write(key + "\n")
+    if os.path.isdir(path):
+        shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def _has_key(path: str, key: str) -> bool:
+    try:
+        with open(path) as f:
+            return f.read().strip() == key
+    except OSError:
+        return False
 
 
 def build(
@@ -162,7 +270,7 @@ def build(
     """Build (or reuse) the benchmark under ``root``; returns the manifest."""
     root = os.path.abspath(root or default_root())
     params = params or BuildParams()
-    key = params.key()
+    key = params.manifest_key()
     old = read_manifest(root)
     covers = old and old.get("scope") in SCOPES and SCOPES.index(old["scope"]) >= SCOPES.index(params.scope)
     if not force and old and old.get("key") == key and covers:
@@ -170,10 +278,19 @@ def build(
             return old
     t0 = time.perf_counter()
     with torch_threads(params.threads):
-        return _build(root, params, key, force, progress, t0)
+        return _build(root, params, force, progress, t0)
 
 
-def _build(root: str, params: BuildParams, key: dict, force: bool, progress: bool, t0: float) -> dict:
+# where each source's validation images come from (the manifest records it; sources.py says why)
+VAL_SOURCE_NOTES = {
+    "fashion": f"Fashion-MNIST's last {FASHION_VAL} train images: in no model's train slice, no test set, "
+    "not in pre-training",
+    "mnist": "the MNIST pre-training slice: in no model's train slice and no test set, but seen by pre-training",
+    "digits": "none: every digit is in the train set (which pre-training also saw) or the test set",
+}
+
+
+def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: float) -> dict:
     import datasets
     import torch
     from PIL import Image
@@ -184,7 +301,9 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
     os.makedirs(root, exist_ok=True)
+    key = params.key()  # the models' (manifest_key() adds what shapes only the validation sets)
     sources = load_sources(params.seed)
+    check_fashion_val(params, len(sources.fashion_pool[0]))
     processor = make_processor()
     _log(f"data loaded ({time.perf_counter() - t0:.1f}s); root {root}")
 
@@ -250,18 +369,18 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
     task_vectors: dict[str, torch.Tensor] = {}
     theta0 = flat(pretrained_vision)  # each task vector is a model's weights minus these
     accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
+    val_accuracies: dict[str, float | None] = {}
+    splits: dict[str, dict[str, int]] = {}
     bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
     for i, spec in enumerate(bar):
         bar.set_postfix_str(spec.name)
-        # data sets: the real tasks get train + test; the others a small test set (AdaMerging)
-        x_tr, y_tr = _slice(sources, spec, params)
-        x_tr, y_tr = task_images(spec.task, x_tr), task_labels(spec.task, y_tr)
-        n_test = params.n_test if spec.group == "task" else params.n_test_other
-        x_te, y_te = _test_set(
-            sources, spec, n_test, ALL_TASKS.index(spec.base_task) if spec.base_task in ALL_TASKS else i
-        )
-        x_te, y_te = task_images(spec.task, x_te), task_labels(spec.task, y_te)
-        if spec.group != "relevant":  # extra checkpoints evaluate on their task's data set
+        # data sets: the real tasks get train + val + test; the others small val and test sets
+        # (AdaMerging); the digits tasks no val (sources.py)
+        data = task_data(sources, spec, params, i)
+        (x_tr, y_tr), (x_te, y_te), val = data["train"], data["test"], data["val"]
+        if val is not None:
+            x_va, y_va = val
+        if spec.group != "relevant":  # extra checkpoints evaluate on their task's data sets
             data_dir = os.path.join(root, "data", spec.name)
             os.makedirs(data_dir, exist_ok=True)
             if spec.group == "task":
@@ -271,7 +390,14 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
                     y_tr[: params.n_train_saved],
                     spec.task.classnames,
                 )
+            if val is not None:
+                _save_dataset(os.path.join(data_dir, "val"), x_va, y_va, spec.task.classnames)
             _save_dataset(os.path.join(data_dir, "test"), x_te, y_te, spec.task.classnames)
+            splits[spec.name] = {
+                "train": min(params.n_train_saved, len(x_tr)) if spec.group == "task" else 0,
+                "val": 0 if val is None else len(x_va),
+                "test": len(x_te),
+            }
 
         model_dir = os.path.join(root, "models", spec.name)
         mkey = digest([pre_key, key, asdict(spec)])
@@ -293,22 +419,28 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
             write_key(model_dir, mkey)
         task_vectors[spec.name] = flat(vm) - theta0
         acc = accuracy(vm, px_te, y_te, spec.task.classnames)
+        px_va = None if val is None else pixels(x_va)
         if spec.group in ("task", "relevant"):
             accuracies[PRETRAINED].setdefault(
                 spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames)
             )
+            if spec.base_task not in val_accuracies:
+                val_accuracies[spec.base_task] = (
+                    None if val is None else accuracy(pretrained_vision, px_va, y_va, spec.task.classnames)
+                )
         manifest_models[spec.name] = {
             "group": spec.group,
             "task": spec.base_task,
             "classnames": list(spec.task.classnames),
             "own_test_accuracy": acc,
+            "own_val_accuracy": None if val is None else accuracy(vm, px_va, y_va, spec.task.classnames),
             "train_images": int(len(x_tr)),
         }
         bar.set_postfix_str(f"{spec.name} acc {acc:.3f}")
     bar.close()
 
     manifest = {
-        "key": key,
+        "key": params.manifest_key(),
         "scope": params.scope,
         "root": root,
         "env_var": ENV_VAR,
@@ -318,6 +450,10 @@ def _build(root: str, params: BuildParams, key: dict, force: bool, progress: boo
         "templates": list(TEMPLATES),
         "models": manifest_models,
         "pretrained_accuracy": accuracies[PRETRAINED],
+        "pretrained_val_accuracy": val_accuracies,
+        # saved images per data set and split (train: what FW and data-using methods draw from)
+        "splits": splits,
+        "val_sources": {src: VAL_SOURCE_NOTES[src] for src in ("fashion", "mnist", "digits")},
         "task_vectors": task_vector_diagnostics(task_vectors, theta0),
         "build_seconds": round(time.perf_counter() - t0, 1),
     }

