@@ -130,6 +130,7 @@ def load_local_dataset(
     num_samples: int | None = None,
     register_as: str | None = None,
     templates: Iterable[str] | None = None,
+    fw_samples: dict | None = None,
 ):
     """Load a dataset saved with ``save_to_disk`` (no hub access).
 
@@ -141,8 +142,13 @@ def load_local_dataset(
             ``label`` feature (a ``ClassLabel``) and ``templates``, so that a task pool can
             evaluate it without a :class:`CLIPVisionModelPoolWithTasks`.
         templates: prompt templates for ``register_as`` (default ``"a photo of a {}."``).
+        fw_samples: ``{task, n_per_task, seed}``: keep exactly the labelled samples FW's objective
+            draws from this (train) split for that task and seed, so a task pool can score a merge
+            on FW's own data (the data-matched baselines of ``benchmarks/tune.py``).
     """
     from datasets import DatasetDict, load_from_disk
+
+    from .objectives.sampling import fixed_subset_indices
 
     dataset = load_from_disk(dataset_path)
     if isinstance(dataset, DatasetDict):
@@ -156,6 +162,13 @@ def load_local_dataset(
         if not names:
             raise ValueError(f"{dataset_path}: register_as needs a ClassLabel `label` feature")
         register_clip_task(register_as, names, plain(templates))
+    if fw_samples is not None:
+        fw = plain(fw_samples)
+        if set(fw) != {"task", "n_per_task", "seed"}:
+            raise ValueError(
+                f"{dataset_path}: fw_samples takes task, n_per_task and seed (all three); got {sorted(fw)}"
+            )
+        dataset = dataset.select(fixed_subset_indices(len(dataset), int(fw["n_per_task"]), int(fw["seed"]), fw["task"]))
     if num_samples is not None:
         dataset = dataset.select(range(min(int(num_samples), len(dataset))))
     return dataset

@@ -57,3 +57,24 @@ def test_load_local_dataset_registers_from_classlabel(tmp_path):
     ds = load_local_dataset(str(tmp_path / "d"), num_samples=3, register_as="fwtest_e")
     assert len(ds) == 3
     assert get_classnames("fwtest_e") == ["left", "right"]
+
+
+def test_load_local_dataset_keeps_exactly_fws_labelled_samples(tmp_path):
+    """fw_samples selects the rows FW's objective draws for that task and seed (its own sampler,
+    sample_batches, on the same split), in its order; a wrong key is refused, naming the keys."""
+    from datasets import Dataset
+
+    from fusion_bench_fw.fusionbench.modelpool import load_local_dataset
+    from fusion_bench_fw.fusionbench.objectives.sampling import Sampling, sample_batches
+
+    Dataset.from_dict({"x": list(range(50)), "label": [i % 3 for i in range(50)]}).save_to_disk(str(tmp_path / "d"))
+    for task, seed in (("fwtest_a", 0), ("fwtest_a", 1), ("fwtest_b", 0)):
+        ds = load_local_dataset(str(tmp_path / "d"), fw_samples={"task": task, "n_per_task": 7, "seed": seed})
+        batches = sample_batches(
+            Dataset.load_from_disk(str(tmp_path / "d")), Sampling(7, 4, seed), task, lambda row: row["x"], list
+        )
+        assert ds["x"] == [x for b in batches for x in b.inputs]
+    every = load_local_dataset(str(tmp_path / "d"), fw_samples={"task": "t", "n_per_task": 99, "seed": 0})["x"]
+    assert sorted(every) == list(range(50)) != every  # fewer rows than asked: all of them, in FW's order
+    with pytest.raises(ValueError, match="fw_samples takes task, n_per_task and seed"):
+        load_local_dataset(str(tmp_path / "d"), fw_samples={"task": "t", "n": 7, "seed": 0})
