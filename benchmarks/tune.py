@@ -136,6 +136,7 @@ def tune_method(
         tuned_as=row,
         grid=grid,
         selection_scores=scores,
+        selection_tasks=next((sorted(r.accuracy) for r in runs[: len(grid)] if r.accuracy), None),
         selection_errors=[r.error for r in runs[: len(grid)]],
         chosen=chosen,
         chosen_setting=None if chosen is None else grid[chosen],
@@ -226,11 +227,34 @@ def main(argv=None) -> dict:
         return run_fusion_bench(label, cli, d, env=env, threads=args.threads, reuse=args.reuse, manifest=manifest)
 
     results = []
+
+    def write() -> dict:  # after every method, so an interrupted run keeps what it measured
+        runs = [r for m in results for r in m.get("runs", [])]
+        result = dict(
+            pool=args.pool,
+            modelpool=modelpool,
+            taskpool=taskpool,
+            selection_taskpool=f"{taskpool}_val",
+            tasks=tasks,
+            budget=args.budget,
+            settings=settings,
+            fw_samples=fw,
+            methods=results,
+            methods_asked=methods,
+            provenance=provenance(manifest),
+            **total_seconds(runs),
+            wall_seconds=round(time.perf_counter() - t0, 1),
+        )
+        (args.out / "tuning.json").write_text(json.dumps(result, indent=1))
+        (args.out / "tuning.md").write_text(to_markdown(result))
+        return result
+
     for name in methods:
         grid = GRIDS[name if name in GRIDS else DATA_MATCHED[name]][: args.budget]
         if name in DATA_MATCHED:
             if not clip:
                 results.append(dict(method=name, status="not run: CLIP pools only (FW's samples as a task pool)"))
+                write()
                 continue
             targets = settings.get("fw_targets") or pool_targets
             select = [*test, *fw_samples_overrides(train_paths(modelpool, targets, env), fw["n_per_task"], fw["seed"])]
@@ -241,23 +265,8 @@ def main(argv=None) -> dict:
         results.append(tune_method(name, grid, base, select, test, settings, args.out, run, device_args))
         results[-1]["wall_seconds"] = round(time.perf_counter() - t, 1)
         print(f"  {name:<28} chosen {results[-1].get('chosen_setting')}", flush=True)
-    runs = [r for m in results for r in m.get("runs", [])]
-    result = dict(
-        pool=args.pool,
-        modelpool=modelpool,
-        taskpool=taskpool,
-        selection_taskpool=f"{taskpool}_val",
-        tasks=tasks,
-        budget=args.budget,
-        settings=settings,
-        fw_samples=fw,
-        methods=results,
-        provenance=provenance(manifest),
-        **total_seconds(runs),
-        wall_seconds=round(time.perf_counter() - t0, 1),
-    )
-    (args.out / "tuning.json").write_text(json.dumps(result, indent=1))
-    (args.out / "tuning.md").write_text(to_markdown(result))
+        write()
+    result = write()
     print(to_markdown(result))
     return result
 
@@ -279,7 +288,8 @@ def to_markdown(result: dict) -> str:
         f"# Tuning: modelpool={result['modelpool']}, chosen on {result['selection_taskpool']}, reported on "
         f"taskpool={result['taskpool']}",
         "",
-        f"Budget: {result['budget']} settings per method. Average accuracy (%) over {len(result['tasks'])} tasks. "
+        f"Budget: {result['budget']} settings per method. Average accuracy (%); test over {len(result['tasks'])} tasks, "
+        "selection over the tasks the selection split has (the mini benchmark's digits tasks have no validation split). "
         f"The data-matched rows choose on FW's own labelled samples ({result['fw_samples']}), not on validation.",
         describe_provenance(result.get("provenance")),
         "",
