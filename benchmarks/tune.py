@@ -227,6 +227,7 @@ def main(argv=None) -> dict:
         return run_fusion_bench(label, cli, d, env=env, threads=args.threads, reuse=args.reuse, manifest=manifest)
 
     results = []
+    here = provenance(manifest)  # this invocation's, taken once (each run keeps its own)
 
     def write() -> dict:  # after every method, so an interrupted run keeps what it measured
         runs = [r for m in results for r in m.get("runs", [])]
@@ -241,7 +242,7 @@ def main(argv=None) -> dict:
             fw_samples=fw,
             methods=results,
             methods_asked=methods,
-            provenance=provenance(manifest),
+            provenance=here,
             **total_seconds(runs),
             wall_seconds=round(time.perf_counter() - t0, 1),
         )
