@@ -201,6 +201,12 @@ def main(argv=None) -> dict:
     p.add_argument("--budget", type=int, default=BUDGET, help=f"settings per method, the same for all (max {BUDGET})")
     p.add_argument("--quick", action="store_true", help="small build and few steps (smoke run)")
     p.add_argument("--out", type=Path, default=Path("outputs/tuning"))
+    p.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start tuning.json afresh (default: keep the methods an earlier run in --out measured "
+        "and this run does not redo, each with its own provenance)",
+    )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
     if not 1 <= args.budget <= BUDGET:
@@ -226,8 +232,8 @@ def main(argv=None) -> dict:
     def run(label, cli, d):
         return run_fusion_bench(label, cli, d, env=env, threads=args.threads, reuse=args.reuse, manifest=manifest)
 
-    results = []
     here = provenance(manifest)  # this invocation's, taken once (each run keeps its own)
+    results = [] if args.fresh else kept_methods(args.out / "tuning.json", args.pool, methods)
 
     def write() -> dict:  # after every method, so an interrupted run keeps what it measured
         runs = [r for m in results for r in m.get("runs", [])]
@@ -265,11 +271,28 @@ def main(argv=None) -> dict:
         t = time.perf_counter()
         results.append(tune_method(name, grid, base, select, test, settings, args.out, run, device_args))
         results[-1]["wall_seconds"] = round(time.perf_counter() - t, 1)
+        results[-1]["provenance"] = here
         print(f"  {name:<28} chosen {results[-1].get('chosen_setting')}", flush=True)
         write()
     result = write()
     print(to_markdown(result))
     return result
+
+
+def kept_methods(path: Path, pool: str, redo: list[str]) -> list[dict]:
+    """The method records of an earlier ``tuning.json`` of ``pool`` that this run does not redo,
+    each with the provenance of the invocation that measured it."""
+    if not path.is_file():
+        return []
+    earlier = json.loads(path.read_text())
+    if earlier.get("pool") != pool:
+        raise SystemExit(f"{path} tuned pool {earlier.get('pool')!r}, not {pool!r}: pass --fresh or another --out")
+    kept = [m for m in earlier["methods"] if m["method"] not in redo and "grid" in m]
+    for m in kept:
+        m.setdefault("provenance", earlier.get("provenance"))
+    if kept:
+        print(f"  keeping {[m['method'] for m in kept]} from {path} (--fresh to redo them)", flush=True)
+    return kept
 
 
 def _pool_targets(modelpool: str, tasks: list[str]) -> list[str]:
@@ -292,7 +315,7 @@ def to_markdown(result: dict) -> str:
         f"Budget: {result['budget']} settings per method. Average accuracy (%); test over {len(result['tasks'])} tasks, "
         "selection over the tasks the selection split has (the mini benchmark's digits tasks have no validation split). "
         f"The data-matched rows choose on FW's own labelled samples ({result['fw_samples']}), not on validation.",
-        describe_provenance(result.get("provenance")),
+        *_provenance_lines(result),
         "",
         "| method | settings tried: selection score | chosen | test at chosen | test at own setting | time (s) |",
         "|---|---|---|---|---|---|",
@@ -310,6 +333,18 @@ def to_markdown(result: dict) -> str:
         to = fmt((m["test_own"] or {}).get("average"))
         lines.append(f"| {m['method']} | {tried} | {chosen} | {tc} | {to} | {m['seconds']:.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _provenance_lines(result: dict) -> list[str]:
+    """One line per invocation that measured rows of this file, naming its methods."""
+    groups: dict[str, tuple[dict, list[str]]] = {}
+    for m in result["methods"]:
+        prov = m.get("provenance") or result.get("provenance")
+        key = json.dumps(prov, sort_keys=True)
+        groups.setdefault(key, (prov, []))[1].append(m["method"])
+    if len(groups) <= 1:
+        return [describe_provenance(result.get("provenance"))]
+    return [f"{', '.join(names)}: {describe_provenance(prov)}" for prov, names in groups.values()]
 
 
 def _short(setting: dict) -> str:
