@@ -1,6 +1,7 @@
 """Behaviour lock: FW-hard and FW-soft keep doing what they did, on any CPU.
 
-The reference is the FW code of 5292c8e, recorded on an AMD EPYC without AVX-512 (torch 2.13.0 CPU,
+The reference is the FW code of 5292c8e (plus f56128f's rounding-noise fix), recorded once (26ec2d5, pinned
+by :data:`GOLDEN_SHA256`) on an AMD EPYC without AVX-512 (torch 2.13.0 CPU,
 transformers 5.5.4) into ``behaviour_lock.json`` (histories, configs) and
 ``behaviour_lock.safetensors`` (the merged tensors), next to this file.
 
@@ -53,6 +54,15 @@ pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 GOLDEN = Path(__file__).with_name("behaviour_lock.json")
 GOLDEN_TENSORS = Path(__file__).with_name("behaviour_lock.safetensors")
 RECORD = os.environ.get("FW_RECORD_BEHAVIOUR_LOCK") == "1"
+# Recorded once: every number of the lock (the tensors, and the histories in the json) at 26ec2d5,
+# from 5292c8e's FW code plus f56128f's rounding-noise fix; 6933826 added each case's resolved run
+# options ("extra") to the json and changed no number. A re-record changes these hashes: it must
+# edit them here, in a commit that names itself and says why the behaviour changed.
+RECORDED_AT = "26ec2d5 (FW code of 5292c8e + f56128f); json amended at 6933826 (run options only)"
+GOLDEN_SHA256 = {
+    "behaviour_lock.json": "2a8e3e83d3b8f1d334927716029e5eee4474eb8c78b4edf5f8aa2e1a137d3173",
+    "behaviour_lock.safetensors": "f392c73551d734c20266a2d534a6d98380a876a7c19200320789ad6ebde105de",
+}
 RTOL, ATOL = 1e-4, 1e-7  # see the module docstring
 UNTIMED = ("time_grad_s", "time_lmo_s", "time_update_s", "peak_host_rss_mb", "peak_device_mb")
 TOY_SHAPES = {"layer0.weight": (6, 5), "layer0.bias": (6,), "layer1.weight": (3, 6), "layer1.bias": (3,)}
@@ -301,6 +311,15 @@ def test_tiny_clip_runs_are_unchanged(golden, case, tiny_env, tmp_path):
 
 
 @pytest.mark.slow  # a whole merge on the tiny CLIP pool (seconds): full suite only
+@pytest.mark.skipif(RECORD, reason="checks the recorded lock")
+def test_the_golden_files_are_the_ones_recorded_at_the_named_commit():
+    import hashlib
+
+    for name, digest in GOLDEN_SHA256.items():
+        actual = hashlib.sha256(Path(__file__).with_name(name).read_bytes()).hexdigest()
+        assert actual == digest, f"{name} is not the lock recorded at {RECORDED_AT}: re-recorded without saying so?"
+
+
 @pytest.mark.skipif(RECORD, reason="checks the recorded lock")
 def test_the_lock_fails_when_a_default_changes(golden, tiny_env, tmp_path):
     """A 1% change of FW-hard's step scale (the line search's interval) must break the lock."""
