@@ -15,6 +15,9 @@ Pools are subsets of ``modelpool=mini_all``, selected with ``~modelpool.models.N
 ``--pool text`` runs the irrelevant experiment on the offline text benchmark instead
 (``modelpool=text_all``: the 4 MiniLM target models plus 0..5 models fine-tuned on other text
 tasks, whose heads are never used; evaluated with each target's own head).
+``--pool tiny`` runs the irrelevant and relevant experiments on the tiny CLIP pool (the tests'
+pool, ``--root``; targets: its first 2 tasks; relevant: the other 2 tasks' models; irrelevant: its
+label-shifted model): a smoke run of this script in seconds, not a result.
 ``--hub TA20`` runs the irrelevant/relevant experiments on FusionBench's ViT-B/32 TA20 pool
 (targets: the first 4 tasks; "irrelevant" there means the other tasks' models, as nothing else
 is on the hub; needs a hub and a GPU).
@@ -61,7 +64,7 @@ def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], ta
         eval_tasks = targets
     elif experiment == "relevant":
         others = [t for t in tasks if t not in targets]
-        extra = others + by_group["relevant"]
+        extra = others + by_group.get("relevant", [])
         eval_tasks = tasks
     else:
         extra = by_group["noisy"]
@@ -91,6 +94,7 @@ def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
 
 
 MINI = dict(pools=("mini_all", "mini_TA8"), clip=True)
+TINY = dict(pools=("fw_tiny_clip_irrelevant", "fw_tiny_clip"), clip=True)
 TEXT = dict(pools=("text_all", "text_TA4"), clip=False)  # no CLIP task names, no test sets in the model pool
 
 
@@ -105,15 +109,22 @@ def run_scaling(
     threads=1,
     reuse=False,
     bench: dict = MINI,
+    layout: dict | None = None,
 ) -> dict:
-    all_models = list(manifest["models"])
-    tasks, targets = manifest["tasks"], manifest["targets"]
-    results = {"settings": settings, "counts": list(counts), "methods": list(methods), "experiments": {}}
+    """Every experiment's runs. ``layout`` (default: ``manifest``) names the pool's models with
+    their groups (``models``), its ``tasks`` and its ``targets``; ``manifest`` is the build's, for
+    provenance."""
+    layout = layout or manifest
+    all_models = list(layout["models"])
+    tasks, targets = layout["tasks"], layout["targets"]
+    results = dict(
+        settings=settings, counts=list(counts), methods=list(methods), tasks=tasks, targets=targets, experiments={}
+    )
     done: dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
     for exp in experiments:
         rows = []
         print(f"[{exp}]", flush=True)
-        for count, members, eval_tasks in plan(exp, manifest["models"], tasks, targets, counts):
+        for count, members, eval_tasks in plan(exp, layout["models"], tasks, targets, counts):
             drop = [m for m in all_models if m not in members]
             drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
             for method in methods:
@@ -146,9 +157,11 @@ def to_markdown(results: dict) -> str:
     for exp, rows in results["experiments"].items():
         methods = results["methods"]
         if exp != "relevant":
-            evaluated = "the 4 targets"
-        else:  # every task of the pool: mini_all's 8, or a 20-task pool's own (4 to 20)
-            evaluated = "the pool's tasks" if results.get("pool") else "all 8 tasks"
+            evaluated = f"the {len(results['targets'])} targets" if "targets" in results else "the 4 targets"
+        elif results.get("pool"):  # a 20-task pool: every task of the pool (4 to 20)
+            evaluated = "the pool's tasks"
+        else:
+            evaluated = f"all {len(results['tasks'])} tasks" if "tasks" in results else "all 8 tasks"
         parts.append(f"### {exp} models added (average accuracy %, {evaluated})\n")
         parts.append("| added | pool | " + " | ".join(methods) + " |")
         parts.append("|" + "---|" * (len(methods) + 2))
@@ -202,15 +215,18 @@ def main(argv=None) -> int:
     p.add_argument("--hub", choices=["TA20"], default=None, help="FusionBench's ViT-B/32 TA20 pool (hub + GPU)")
     p.add_argument(
         "--pool",
-        choices=["mini_all", "mini_TALL20", "text"],
+        choices=["mini_all", "mini_TALL20", "text", "tiny"],
         default="mini_all",
         help="mini_all: 4 targets plus synthetic irrelevant/relevant/noisy models; mini_TALL20: the authors' "
         "protocol on the 20 real tasks (as --hub TA20: the other tasks' models are the irrelevant ones); "
-        "text: the text benchmark's 4 MiniLM targets plus models fine-tuned on other text tasks",
+        "text: the text benchmark's 4 MiniLM targets plus models fine-tuned on other text tasks; "
+        "tiny: the tests' tiny CLIP pool (needs --root), a smoke run",
     )
     p.add_argument("--quick", action="store_true")
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
-    p.add_argument("--counts", nargs="+", type=int, default=None, help="default 0 4 8 12 16 (text: 0 1 2 3 4 5)")
+    p.add_argument(
+        "--counts", nargs="+", type=int, default=None, help="default 0 4 8 12 16 (text: 0 1 2 3 4 5; tiny: 0 1 2)"
+    )
     p.add_argument(
         "--methods",
         nargs="+",
@@ -224,7 +240,7 @@ def main(argv=None) -> int:
     manifest = None
     args.out.mkdir(parents=True, exist_ok=True)
     if args.counts is None:
-        args.counts = [0, 1, 2, 3, 4, 5] if args.pool == "text" else [0, 4, 8, 12, 16]
+        args.counts = {"text": [0, 1, 2, 3, 4, 5], "tiny": [0, 1, 2]}.get(args.pool, [0, 4, 8, 12, 16])
     if args.hub:
         results = run_task_pool(args, settings, ("clip-vit-b32_TA20", "clip-vit-b32_TA20"), HUB_TASKS["TA20"])
     elif args.pool == "mini_TALL20":
@@ -235,6 +251,28 @@ def main(argv=None) -> int:
         env = {minibench.ENV_VAR: manifest["root"]}
         pools = ("mini_TALL20", "mini_TALL20")
         results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True, manifest=manifest)
+    elif args.pool == "tiny":
+        from fusion_bench_fw.offline import tiny_clip
+
+        if not args.root:
+            raise SystemExit("--pool tiny needs --root (where the tiny CLIP pool is, or is to be built)")
+        root = str(Path(args.root).resolve())
+        manifest = tiny_clip.build_tiny_clip_pool(root)
+        experiments = [e for e in args.experiments if e != "noisy"]  # the tiny pool has no noise-trained models
+        counts = [c for c in args.counts if c <= 2]
+        results = run_scaling(
+            args.out,
+            manifest,
+            {tiny_clip.ENV_VAR: root},  # the committed pool's manifest says root "."
+            settings,
+            experiments,
+            counts,
+            args.methods,
+            args.threads,
+            args.reuse,
+            bench=TINY,
+            layout=tiny_layout(manifest),
+        )
     elif args.pool == "text":
         from fusion_bench_fw.offline import textbench
 
@@ -278,7 +316,23 @@ def main(argv=None) -> int:
     print()
     print(md)
     print(f"written: {args.out}/scaling.md, scaling.json, scaling_*.png (total {results['total_seconds']}s)")
+    failed = [
+        f"{r['method']} +{r['added']}" for rows in results["experiments"].values() for r in rows if r["status"] != "ok"
+    ]
+    if failed:
+        print(f"failed runs: {failed} (their errors are in scaling.json)", file=sys.stderr)
+        return 1
     return 0
+
+
+def tiny_layout(manifest: dict) -> dict:
+    """The tiny CLIP pool as the experiments see it: its first 2 tasks are the targets; added as
+    irrelevant: its label-shifted models, then the other tasks' models (as in the authors' 20-task
+    protocol); added as relevant: the other tasks' models, evaluated on all tasks."""
+    tasks = list(manifest["tasks"])
+    models = {n: {"group": "irrelevant"} for n in manifest["irrelevant"]}
+    models.update({t: {"group": "target" if i < 2 else "irrelevant"} for i, t in enumerate(tasks)})
+    return {"models": models, "tasks": tasks, "targets": tasks[:2]}
 
 
 def run_task_pool(
