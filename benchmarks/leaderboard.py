@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from _common import (  # noqa: E402
     run_fusion_bench,
     total_seconds,
 )
+from _grids import DATA_MATCHED, with_setting  # noqa: E402
 from _rows import (  # noqa: E402
     ALL_METHODS,
     FULL,
@@ -71,9 +73,13 @@ def run_leaderboard(
     reuse: bool = False,
     clip: bool = True,
     manifest: dict | None = None,
+    tuned: dict[str, tuple[str, dict]] | None = None,
 ) -> dict:
     """``drop_tasks``: tasks of the pools left out (their models and data sets); ``clip=False``:
-    pools without CLIP task names or model-pool test sets (the text benchmark's)."""
+    pools without CLIP task names or model-pool test sets (the text benchmark's); ``tuned``: extra
+    rows, ``{row: (method, setting)}`` (:func:`tuned_rows`), each run after its method's row."""
+    tuned = tuned or {}
+    methods = [m for name in methods for m in (name, *[t for t, (base, _) in tuned.items() if base == name])]
     modelpool, taskpool = pools
     device_args = device_args or []
     base = [f"modelpool={modelpool}", f"taskpool={taskpool}"]
@@ -151,18 +157,71 @@ def run_leaderboard(
                 )
             )
             continue
+        row_method, setting = tuned.get(name, (name, None))
+        args = method_args(row_method, settings, out / "runs" / name, device_args)
         r: RunResult = run_fusion_bench(
             name,
-            [*base, *method_args(name, settings, out / "runs" / name, device_args)],
+            [*base, *(with_setting(args, setting) if setting else args)],
             out / "runs" / name,
             env=env,
             threads=threads,
             reuse=reuse,
             manifest=manifest,
         )
-        rows.append(r.row(method=name))
+        rows.append(r.row(method=name, **({"tuned_setting": setting} if setting else {})))
     normalise(rows, tasks)
     return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
+
+
+def tuned_rows(tuning: dict, methods) -> dict[str, tuple[str, dict]]:
+    """The rows a ``tuning.json`` (benchmarks/tune.py) adds: each tuned method of ``methods`` at the
+    setting chosen on validation (``<method>@val``), and a data-matched method at the setting
+    chosen on FW's labelled samples (``<method>@fw_samples``); a choice equal to the method's own
+    setting adds no row (its row is that setting)."""
+    out = {}
+    for m in tuning["methods"]:
+        chosen, grid = m.get("chosen_setting"), m.get("grid")
+        base = DATA_MATCHED.get(m["method"], m["method"])
+        if not chosen or base not in methods or chosen == grid[0]:
+            continue
+        suffix = "fw_samples" if m["method"] in DATA_MATCHED else "val"
+        out[f"{base}@{suffix}"] = (base, chosen)
+    return out
+
+
+def aggregate(per_seed: list[dict], seeds: list[int]) -> list[dict]:
+    """One row per method over the builds of ``seeds``: mean and sample standard deviation of the
+    average and of each task, each build's average, the median time."""
+    import statistics
+
+    rows = []
+    for first in per_seed[0]["rows"]:
+        name = first["method"]
+        runs = [next(r for r in res["rows"] if r["method"] == name) for res in per_seed]
+        ok = all(r["status"] == "ok" and r["average"] is not None for r in runs)
+        averages = [r["average"] for r in runs] if ok else None
+        tasks = per_seed[0]["tasks"]
+        row = dict(
+            method=name,
+            status="ok" if ok else "/".join(sorted({r["status"] for r in runs})),
+            seeds=list(seeds),
+            per_seed=averages,
+            average=statistics.mean(averages) if ok else None,
+            average_std=statistics.stdev(averages) if ok and len(averages) > 1 else None,
+            accuracy={t: statistics.mean(r["accuracy"][t] for r in runs) for t in tasks} if ok else {},
+            accuracy_std={t: statistics.stdev(r["accuracy"][t] for r in runs) for t in tasks}
+            if ok and len(runs) > 1
+            else {},
+            normalized=statistics.mean(r["normalized"] for r in runs)
+            if ok and all(r.get("normalized") is not None for r in runs)
+            else None,
+            seconds=statistics.median(r["seconds"] for r in runs),
+            error=next((r.get("error") for r in runs if r.get("error")), None),
+        )
+        if "tuned_setting" in first:
+            row["tuned_setting"] = first["tuned_setting"]
+        rows.append(row)
+    return rows
 
 
 def normalise(rows: list[dict], tasks: list[str]) -> None:
@@ -202,6 +261,8 @@ def update(previous: dict, result: dict) -> dict:
 
 
 def to_markdown(result: dict) -> str:
+    if result.get("build_seeds") and len(result["build_seeds"]) > 1:
+        return _spread_markdown(result)
     tasks = result["tasks"]
     head = ["method", *tasks, "avg", "norm.", "time (s)", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -214,6 +275,33 @@ def to_markdown(result: dict) -> str:
             + " | ".join([r["method"], *accs, fmt(r["average"]), fmt(r["normalized"]), f"{r['seconds']:.0f}", status])
             + " |"
         )
+    return "\n".join(lines) + "\n"
+
+
+def _spread_markdown(result: dict) -> str:
+    tasks = result["tasks"]
+    seeds = result["build_seeds"]
+    head = [
+        "method",
+        "setting",
+        *tasks,
+        "avg (mean ± std)",
+        *[f"build {s}" for s in seeds],
+        "norm.",
+        "time (s, median)",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in result["rows"]:
+        setting = ", ".join(f"{k.removeprefix('method.')}={v}" for k, v in (r.get("tuned_setting") or {}).items())
+        if r["status"] != "ok":
+            lines.append(
+                f"| {r['method']} | {setting} | " + " | ".join(["-"] * (len(head) - 3)) + f" | {r['status']} |"
+            )
+            continue
+        accs = [f"{fmt(r['accuracy'][t])} ± {fmt(r['accuracy_std'].get(t))}" for t in tasks]
+        avg = f"{fmt(r['average'])} ± {fmt(r['average_std'])}"
+        cells = [r["method"], setting, *accs, avg, *[fmt(a) for a in r["per_seed"]], fmt(r["normalized"])]
+        lines.append("| " + " | ".join([*cells, f"{r['seconds']:.0f}"]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -263,6 +351,21 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
+def mini_build(args, modelpool: str, seed: int) -> dict:
+    """The mini benchmark's build of ``seed`` for ``modelpool`` (built if needed): seed 0 at
+    ``--root`` (or the default root), seed k beside it at ``<root>-seed<k>``."""
+    from fusion_bench_fw.offline import minibench
+
+    params = minibench.BuildParams(
+        scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
+        **(minibench.QUICK if args.quick else {}),
+        seed=seed,
+        threads=args.threads,
+    )
+    root = args.root or os.environ.get(minibench.ENV_VAR) or minibench.default_root()
+    return minibench.build(root if seed == 0 else f"{root.rstrip('/')}-seed{seed}", params)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
@@ -296,8 +399,25 @@ def main(argv=None) -> int:
         action="store_true",
         help="rerun only --methods and put their rows into the leaderboard.json already in --out",
     )
+    p.add_argument(
+        "--tuned",
+        type=Path,
+        default=None,
+        help="a tuning.json of benchmarks/tune.py: add each tuned method's row at its validation-chosen setting "
+        "(<method>@val) and the data-matched Task Arithmetic (task_arithmetic@fw_samples) beside the default rows",
+    )
+    p.add_argument(
+        "--build-seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="mini benchmark: run every row on the build of each seed (seed 0 at --root, seed k at <root>-seed<k>) "
+        "and report mean ± std over the builds",
+    )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
+    if len(args.build_seeds) > 1 and (args.hub or args.pool in TEXT_POOLS or args.update):
+        p.error("--build-seeds: the mini benchmark only, without --update")
     settings = resolve_settings(args, TEXT_FULL if args.pool in TEXT_POOLS and not args.hub else FULL, QUICK)
     t0 = time.perf_counter()
     env, device_args, manifest = {}, [], None
@@ -317,19 +437,9 @@ def main(argv=None) -> int:
         from fusion_bench_fw.offline import minibench
 
         modelpool, taskpool, tasks = MINI_POOLS[args.pool]
-        params = minibench.BuildParams(
-            scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
-            **(minibench.QUICK if args.quick else {}),
-            threads=args.threads,
-        )
-        manifest = minibench.build(args.root, params)
-        env[minibench.ENV_VAR] = manifest["root"]
-        pools = (modelpool, taskpool)
-        tasks = list(tasks)
+        pools, tasks, device_args = (modelpool, taskpool), list(tasks), ["fabric.accelerator=cpu"]
         if len(tasks) < len(minibench.pool_contents()[modelpool][2]):
             settings["fw_targets"] = tasks
-        device_args = ["fabric.accelerator=cpu"]
-        print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
     drop = []
     if args.quick and not args.tasks and not args.hub and args.pool in MINI_POOLS:
         args.tasks = tasks[:4]  # every row still runs; 4 tasks keep the smoke run to minutes
@@ -342,22 +452,37 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     text = args.pool in TEXT_POOLS and not args.hub
     methods = args.methods or list(TEXT_METHODS if text else ALL_METHODS)
-    result = run_leaderboard(
-        args.out,
-        pools,
-        tasks,
-        settings,
-        methods,
-        env,
-        device_args,
-        args.threads,
-        drop,
-        args.reuse,
-        clip=not text,
-        manifest=manifest,
-    )
-    result["provenance"] = provenance(manifest)
-    result.update(total_seconds(result["rows"]))  # the rows' measured times (reused rows at theirs)
+    tuned = tuned_rows(json.loads(args.tuned.read_text()), methods) if args.tuned else {}
+
+    def run(out: Path, manifest: dict | None) -> dict:
+        return run_leaderboard(
+            out, pools, tasks, settings, methods, env, device_args, args.threads, drop, args.reuse,
+            clip=not text, manifest=manifest, tuned=tuned,
+        )  # fmt: skip
+
+    if args.hub or text:
+        result = run(args.out, manifest)
+    else:
+        per_seed = []
+        for seed in args.build_seeds:
+            manifest = mini_build(args, modelpool, seed)
+            env[minibench.ENV_VAR] = manifest["root"]
+            print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
+            out = args.out if len(args.build_seeds) == 1 else args.out / f"build_seed{seed}"
+            per_seed.append(dict(run(out, manifest), build_seed=seed, provenance=provenance(manifest)))
+            per_seed[-1].update(total_seconds(per_seed[-1]["rows"]))
+        result = per_seed[0] if len(per_seed) == 1 else dict(
+            {k: per_seed[0][k] for k in ("modelpool", "taskpool", "tasks", "settings")},
+            build_seeds=args.build_seeds,
+            rows=aggregate(per_seed, args.build_seeds),
+            per_build=per_seed,
+            **total_seconds([r for res in per_seed for r in res["rows"]]),
+        )  # fmt: skip
+    if args.tuned:
+        result["tuning"] = str(args.tuned)
+    result.setdefault("provenance", provenance(manifest))  # several builds: each build's is in per_build
+    if "per_build" not in result:
+        result.update(total_seconds(result["rows"]))  # the rows' measured times (reused rows at theirs)
     result["wall_seconds"] = round(time.perf_counter() - t0, 1)  # this invocation, build included
     if args.update and (args.out / "leaderboard.json").is_file():
         result = update(json.loads((args.out / "leaderboard.json").read_text()), result)

@@ -94,3 +94,54 @@ def test_text_wudi_row_leaves_out_the_backbones_word_embeddings(tmp_path):
     keys = tiny.state_dict()
     assert method["exclude_keys"] == ["embeddings.word_embeddings.weight"]
     assert all(k in keys and keys[k].ndim == 2 for k in method["exclude_keys"])
+
+
+def test_tuned_rows_are_the_choices_that_differ_from_the_own_setting(leaderboard):
+    tuning = {
+        "methods": [
+            {
+                "method": "tsv_m",
+                "grid": [{"method.alpha": 1.0}, {"method.alpha": 1.5}],
+                "chosen_setting": {"method.alpha": 1.5},
+            },
+            {
+                "method": "ties_merging",
+                "grid": [{"method.scaling_factor": 0.3}],
+                "chosen_setting": {"method.scaling_factor": 0.3},
+            },
+            {"method": "task_arithmetic_fw_samples", "grid": [{"s": 0.3}, {"s": 0.4}], "chosen_setting": {"s": 0.4}},
+            {"method": "wudi", "status": "not run"},
+            {"method": "iso_c", "grid": [{"s": 1}, {"s": 2}], "chosen_setting": {"s": 2}},
+        ]
+    }
+    rows = leaderboard.tuned_rows(tuning, ["task_arithmetic", "tsv_m", "ties_merging", "wudi"])
+    assert rows == {
+        "tsv_m@val": ("tsv_m", {"method.alpha": 1.5}),
+        "task_arithmetic@fw_samples": ("task_arithmetic", {"s": 0.4}),
+    }
+
+
+def test_aggregate_over_builds_is_the_mean_and_sample_std(leaderboard):
+    import statistics
+
+    builds = [
+        board([row("task_arithmetic", {"a": a, "b": b}), row("fw_hard", {"a": 0.5, "b": 0.5}, status=st)])
+        for a, b, st in [(0.4, 0.6, "ok"), (0.5, 0.7, "ok"), (0.9, 0.2, "failed")]
+    ]
+    for b in builds:
+        leaderboard.normalise(b["rows"], b["tasks"])
+    ta, fw = leaderboard.aggregate(builds, [0, 1, 2])
+    averages = [0.5, 0.6, 0.55]
+    assert ta["per_seed"] == pytest.approx(averages)
+    assert ta["average"] == pytest.approx(statistics.mean(averages))
+    assert ta["average_std"] == pytest.approx(statistics.stdev(averages))
+    assert ta["accuracy"]["a"] == pytest.approx(0.6) and ta["accuracy_std"]["b"] == pytest.approx(
+        statistics.stdev([0.6, 0.7, 0.2])
+    )
+    assert fw["status"] == "failed/ok" and fw["average"] is None  # one failed build: no mean
+    md = leaderboard.to_markdown(dict(board([ta, fw]), build_seeds=[0, 1, 2]))
+    assert (
+        "| task_arithmetic |  | 60.0 ± 26.5 | 50.0 ± 26.5 | 55.0 ± 5.0 | 50.0 | 60.0 | 55.0 |" in md
+        and "55.0 ± 5.0" in md
+        and "failed/ok" in md
+    )
