@@ -35,6 +35,7 @@ from _common import (  # noqa: E402
     HUB_TASKS,
     RunResult,
     add_run_options,
+    composed_method,
     describe_provenance,
     drop_models,
     fmt,
@@ -173,16 +174,19 @@ def run_leaderboard(
     return dict(modelpool=modelpool, taskpool=taskpool, tasks=tasks, settings=settings, rows=rows)
 
 
-def tuned_rows(tuning: dict, methods) -> dict[str, tuple[str, dict]]:
+def tuned_rows(tuning: dict, methods, runs_already=None) -> dict[str, tuple[str, dict]]:
     """The rows a ``tuning.json`` (benchmarks/tune.py) adds: each tuned method of ``methods`` at the
     setting chosen on validation (``<method>@val``), and a data-matched method at the setting
-    chosen on FW's labelled samples (``<method>@fw_samples``); a choice equal to the method's own
-    setting adds no row (its row is that setting)."""
+    chosen on FW's labelled samples (``<method>@fw_samples``). A choice the method's row already
+    runs adds no row: its own setting in the tuning, or ``runs_already(method, setting)`` (a
+    default changed to the chosen setting since)."""
     out = {}
     for m in tuning["methods"]:
         chosen, grid = m.get("chosen_setting"), m.get("grid")
         base = DATA_MATCHED.get(m["method"], m["method"])
         if not chosen or base not in methods or chosen == grid[0]:
+            continue
+        if runs_already and runs_already(base, chosen):
             continue
         suffix = "fw_samples" if m["method"] in DATA_MATCHED else "val"
         out[f"{base}@{suffix}"] = (base, chosen)
@@ -452,7 +456,12 @@ def main(argv=None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     text = args.pool in TEXT_POOLS and not args.hub
     methods = args.methods or list(TEXT_METHODS if text else ALL_METHODS)
-    tuned = tuned_rows(json.loads(args.tuned.read_text()), methods) if args.tuned else {}
+
+    def runs_already(method: str, setting: dict) -> bool:
+        resolved = composed_method(method_args(method, settings, args.out / "runs" / method, device_args))
+        return all(resolved.get(k.removeprefix("method.")) == v for k, v in setting.items())
+
+    tuned = tuned_rows(json.loads(args.tuned.read_text()), methods, runs_already) if args.tuned else {}
 
     def run(out: Path, manifest: dict | None) -> dict:
         return run_leaderboard(

@@ -145,3 +145,19 @@ def test_aggregate_over_builds_is_the_mean_and_sample_std(leaderboard):
         and "55.0 ± 5.0" in md
         and "failed/ok" in md
     )
+
+
+def test_a_choice_the_row_already_runs_adds_no_row(leaderboard):
+    tuning = {
+        "methods": [
+            {
+                "method": "fw_soft",
+                "grid": [{"method.inner_lr": 0.001}, {"method.inner_lr": 0.003}],
+                "chosen_setting": {"method.inner_lr": 0.003},
+            }
+        ]
+    }
+    assert leaderboard.tuned_rows(tuning, ["fw_soft"], lambda m, s: True) == {}
+    assert leaderboard.tuned_rows(tuning, ["fw_soft"], lambda m, s: False) == {
+        "fw_soft@val": ("fw_soft", {"method.inner_lr": 0.003})
+    }
