@@ -332,6 +332,13 @@ def to_markdown(result: dict) -> str:
         tc = fmt((m["test_chosen"] or {}).get("average"))
         to = fmt((m["test_own"] or {}).get("average"))
         lines.append(f"| {m['method']} | {tried} | {chosen} | {tc} | {to} | {m['seconds']:.0f} |")
+    measured = {m["method"] for m in result["methods"]}
+    missing = [m for m in result.get("methods_asked", []) if m not in measured]
+    if missing:
+        lines += ["", f"Asked and not measured (the run stopped before them): {', '.join(missing)}."]
+    untuned = [m for m in [*GRIDS, *DATA_MATCHED] if m not in measured and m not in missing]
+    if untuned:
+        lines += ["", f"Tunable and not asked in this file: {', '.join(untuned)}."]
     return "\n".join(lines) + "\n"
 
 
