@@ -25,7 +25,7 @@ GRIDS: dict[str, list[dict[str, object]]] = {
     "wudi": _grid(**{"method.iter_num": [400, 25, 50, 100, 200, 800]}),
     "adamerging_layer_wise": _grid(**{"method.lr": [1e-3, 1e-4, 3e-4, 3e-3, 1e-2, 3e-2]}),
     "fw_hard": _grid(**{"method.max_iters": [10, 5, 15], "method.step_rule": ["line_search", "fw_default"]}),
-    "fw_soft": _grid(**{"method.inner_lr": [1e-3, 3e-3, 3e-4], "method.max_iters": [5, 3]}),
+    "fw_soft": _grid(**{"method.inner_lr": [3e-3, 1e-3, 3e-4], "method.max_iters": [5, 3]}),
 }
 # Task Arithmetic with its scaling factor chosen on the labelled samples FW optimises on (each
 # target's n_per_task seeded train samples), not on validation: the data-matched baseline

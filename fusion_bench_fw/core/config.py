@@ -199,7 +199,7 @@ class SoftConfig(FrankWolfeConfig):
     soft_constraint: str = "none"
     coef_granularity: str = "layer"
     inner_steps: int = 30
-    inner_lr: float = 0.001
+    inner_lr: float = 0.003
     inner_optimizer: str = "adam"
     inner_init: float | None = 0.3
     inner_init_later: float | None = 0.01

@@ -57,9 +57,10 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         paths = self._output_paths()
         entropy = getattr(config, "inner_loss", "ce_train") != "ce_train"
         pool = read_pool(modelpool, opts, paths.cache_dir, clip_only=ENTROPY_NEEDS_CLIP if entropy else None)
-        start = opts.start.coefficients(pool.members, pool.models, pool.targets, pool.keys)
+        starting = opts.start.resolved(modelpool, paths.cache_dir)  # init=<method>: its merge, computed here
+        start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
         plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
-        store = pool.store_for(plan, resident=opts.start.resident(pool.keys))
+        store = pool.store_for(plan, resident=starting.resident(pool.keys))
         template = pool.template.to(self.fabric.device).eval()
         inner = None  # FW-soft's inner objective, when it is not the outer one
         if entropy:
@@ -144,6 +145,7 @@ RESUME_MUST_MATCH = (
     "init_scaling",
     "init_models",
     "init_path",
+    "init_options",
     "far_models",
     "on_incompatible",
     "store",

@@ -28,6 +28,7 @@ from fusion_bench_fw.core.config import CONFIGS, FrankWolfeConfig, check_choice,
 from fusion_bench_fw.core.objective import TASK_WEIGHTINGS
 from fusion_bench_fw.core.vertices import INIT_MODELS, INITS
 
+from .method_start import is_method
 from .start import Start
 
 ON_INCOMPATIBLE = ("error", "skip")
@@ -65,12 +66,17 @@ class RunOptions:
             pretrained model than the median candidate: fine-tuned from another pre-training, most
             likely) or ``keep`` them (they pull the start and the cosine LMO toward them).
         init: the start point: ``pretrained``, ``task_arithmetic``, ``file`` (a merged model, e.g.
-            FusionBench AdaMerging's, saved with ``merged_model_save_path``) or ``merging_weights``
-            (AdaMerging's ``save_merging_weights`` file: models x tensors, or models, over this pool).
+            FusionBench AdaMerging's, saved with ``merged_model_save_path``), ``merging_weights``
+            (AdaMerging's ``save_merging_weights`` file: models x tensors, or models, over this pool),
+            or any FusionBench merging method (``tsv_m``, ``ties_merging``, ``wudi``, ``iso_c``,
+            ``iso_cts``, ``simple_average`` or a config name under ``method/``): run on the pool
+            inside this run, FW starts from its merge (:mod:`.method_start`).
         init_scaling: the task-arithmetic scale lambda of ``init=task_arithmetic``.
         init_models: the models in the task-arithmetic start: ``all``, ``targets`` or a list of names.
         init_path: ``init=file``: a .safetensors file, a torch state dict or a ``save_pretrained``
             folder of the start point; ``init=merging_weights``: the weights file (.pt or .np).
+        init_options: ``init=<a FusionBench method>``: that method's options, over its config's
+            (e.g. ``{alpha: 1.5}`` for ``tsv_m``); null: the config's own.
         store: where candidates are read from: ``auto`` (memory-map local safetensors, keep LoRA
             adapters as factors over their base model, spill the others once to a safetensors
             cache), ``safetensors`` (the same with every candidate as full weights) or ``memory``.
@@ -95,6 +101,7 @@ class RunOptions:
     init_scaling: float = 0.3
     init_models: Any = "all"
     init_path: str | None = None
+    init_options: Any = None
     store: str = "auto"
     cache_dir: str | None = None
     autocast: str | None = None
@@ -111,7 +118,18 @@ class RunOptions:
         check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)
         check_choice("on_incompatible", self.on_incompatible, ON_INCOMPATIBLE)
         check_choice("far_models", self.far_models, FAR_MODELS)
-        check_choice("init", self.init, INITS)
+        if self.init not in INITS and not (isinstance(self.init, str) and is_method(self.init)):
+            raise ValueError(
+                f"init must be one of {list(INITS)} or a FusionBench merging method (a config under method/: "
+                f"tsv_m, ties_merging, wudi, iso_c, iso_cts, simple_average, ...), got {self.init!r}"
+            )
+        if self.init_options is not None:
+            if self.init in INITS:
+                raise ValueError(
+                    f"init_options is read only with init=<a FusionBench method>, not init={self.init}: remove it"
+                )
+            if not isinstance(self.init_options, dict):
+                raise ValueError(f"init_options must be a mapping of the method's options, got {self.init_options!r}")
         if isinstance(self.init_scaling, bool) or not isinstance(self.init_scaling, (int, float)):
             raise ValueError(f"init_scaling must be a number, got {self.init_scaling!r}")
         if self.init in ("file", "merging_weights") and not self.init_path:
@@ -134,7 +152,7 @@ class RunOptions:
     @property
     def start(self) -> Start:
         """The run's start point (:mod:`.start`)."""
-        return Start(self.init, float(self.init_scaling), self.init_models, self.init_path)
+        return Start(self.init, float(self.init_scaling), self.init_models, self.init_path, self.init_options)
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,10 @@
   ``save_pretrained`` folder such as FusionBench's ``merged_model_save_path``), held in memory as
   the store's checkpoint :data:`INIT_PATH_CHECKPOINT`;
 * ``merging_weights``: AdaMerging's ``save_merging_weights`` file (one row per pool model, in the
-  pool's order; one column per merged tensor, or none).
+  pool's order; one column per merged tensor, or none);
+* any FusionBench merging method (``tsv_m``, ``ties_merging``...): run on the pool first
+  (:mod:`.method_start`), then the run starts from its merge as ``file`` does
+  (:meth:`Start.from_method`, :meth:`Start.resolved`).
 
 :class:`Start` is made from the options (:attr:`.options.RunOptions.start`), checked against the
 pool before anything heavy (a missing ``init_path``, an unknown ``init_models`` name) and gives the coefficients once the run knows which
@@ -44,6 +47,25 @@ class Start:
     scaling: float
     models: str | list[str]
     path: str | None
+    method_options: dict | None = None
+
+    @property
+    def from_method(self) -> bool:
+        """Whether the start is a FusionBench method's merge, still to be computed."""
+        from fusion_bench_fw.core.vertices import INITS
+
+        return self.init not in INITS
+
+    def resolved(self, modelpool, cache_dir: str) -> Start:
+        """The start with a FusionBench method's merge computed (written under ``cache_dir``): an
+        ``init=file`` start from it. Any other start as it is."""
+        if not self.from_method:
+            return self
+        from dataclasses import replace
+
+        from .method_start import merge_start
+
+        return replace(self, init="file", path=merge_start(modelpool, self.init, self.method_options, cache_dir))
 
     def check(self, pool_models: Sequence[str]) -> None:
         """Before anything heavy: ``init_path`` exists, and ``init_models`` names models of the pool.
