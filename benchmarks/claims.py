@@ -87,8 +87,14 @@ def check_figures(text: str, cache: dict) -> list[str]:
 
 
 def write_figures(text: str, cache: dict) -> str:
+    """``text`` with every figure rewritten from its file (one that cannot be read stays as it is:
+    the check reports it)."""
+
     def sub(m):
-        value = figure_value(m["file"], m["path"], bool(m["fmt"]), cache)
+        try:
+            value = figure_value(m["file"], m["path"], bool(m["fmt"]), cache)
+        except (OSError, KeyError, IndexError, TypeError, ValueError):
+            return m.group(0)
         return _render(value, m["number"]) + m.group(0)[len(m["number"]) :]
 
     return FIGURE.sub(sub, text)
