@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from fusion_bench_fw import PRETRAINED
-from fusion_bench_fw.core.vertices import start_coefficients
+from fusion_bench_fw.core.vertices import INITS, start_coefficients
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,6 @@ class Start:
     @property
     def from_method(self) -> bool:
         """Whether the start is a FusionBench method's merge, still to be computed."""
-        from fusion_bench_fw.core.vertices import INITS
-
         return self.init not in INITS
 
     def resolved(self, modelpool, cache_dir: str) -> Start:
