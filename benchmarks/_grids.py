@@ -26,6 +26,14 @@ GRIDS: dict[str, list[dict[str, object]]] = {
     "adamerging_layer_wise": _grid(**{"method.lr": [1e-3, 1e-4, 3e-4, 3e-3, 1e-2, 3e-2]}),
     "fw_hard": _grid(**{"method.max_iters": [10, 5, 15], "method.step_rule": ["line_search", "fw_default"]}),
     "fw_soft": _grid(**{"method.inner_lr": [3e-3, 1e-3, 3e-4], "method.max_iters": [5, 3]}),
+    # FW from TSV-M's merge: the start's alpha (TSV-M's default first, then its tuned value on
+    # mini_TA8) and FW's own knob
+    "fw_hard_from_tsv_m": _grid(
+        **{"method.init_options": ["{alpha:1.0}", "{alpha:1.5}"], "method.max_iters": [10, 5, 15]}
+    ),
+    "fw_soft_from_tsv_m": _grid(
+        **{"method.init_options": ["{alpha:1.0}", "{alpha:1.5}"], "method.inner_lr": [3e-3, 1e-3, 3e-4]}
+    ),
 }
 # Task Arithmetic with its scaling factor chosen on the labelled samples FW optimises on (each
 # target's n_per_task seeded train samples), not on validation: the data-matched baseline

@@ -73,6 +73,8 @@ ALL_METHODS = (
     "fusionbench_fw_hard",
     "fw_hard",
     "fw_soft",
+    "fw_hard_from_tsv_m",
+    "fw_soft_from_tsv_m",
     "fw_hard_paper",
     "fw_soft_paper",
 )
@@ -167,6 +169,16 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "fw_soft_paper": ["method=fw_soft_paper", f"method.inner_steps={s['ent_inner']}", *paper_common],
         "fw_soft": [
             "method=fw_soft",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
+        # FW refining the strongest data-free merge (issue 22): FusionBench's TSV-M runs inside the FW
+        # run on the same pool and its merge is the start (TSV-M's own options: method.init_options)
+        "fw_hard_from_tsv_m": ["method=fw_hard", "method.init=tsv_m", *fw_common, f"method.max_iters={s['fw_iters']}"],
+        "fw_soft_from_tsv_m": [
+            "method=fw_soft",
+            "method.init=tsv_m",
             *fw_common,
             f"method.max_iters={s['soft_iters']}",
             f"method.inner_steps={s['fw_inner']}",
