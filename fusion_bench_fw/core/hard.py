@@ -16,14 +16,33 @@ from .vertices import Vertices
 class HardStep:
     """FW-hard's iteration after the LMO pass: the argmin vertex of each block, then the step."""
 
-    def __init__(self, config: HardConfig, objective: Objective, vertices: Vertices, blocks: Blocks, **_):
+    def __init__(self, config: HardConfig, objective: Objective, vertices: Vertices, blocks: Blocks, guard=None, **_):
         self.config, self.objective, self.vertices, self.blocks = config, objective, vertices, blocks
+        self.guard = guard
 
     def update(self, theta, alpha, scores: Tensor, record, t: int) -> Tensor:
         """Move ``theta`` (and ``alpha``, unless None) by ``scores`` (gradients x vertices x blocks);
         records the step size; returns the choice, (1, blocks) vertex indices."""
         chosen = select_hard(scores[0])
-        record.step_size = hard_step(self.objective, theta, self.vertices, self.blocks, chosen, t, self.config, alpha)
+        if self.guard is None:
+            record.step_size = hard_step(
+                self.objective, theta, self.vertices, self.blocks, chosen, t, self.config, alpha
+            )
+            return chosen.unsqueeze(0)
+        before = self.guard.loss_here(theta)
+        saved = ({k: v.clone() for k, v in theta.items()}, None if alpha is None else alpha.clone())
+        gamma = hard_step(self.objective, theta, self.vertices, self.blocks, chosen, t, self.config, alpha)
+        if gamma == 0.0:
+            record.guard = {"holdout_here": before, "refused": [], "refused_pairs": [], "step": "none"}
+        else:
+            record.guard = self.guard.check_move(before, theta, chosen.unsqueeze(0))
+            if record.guard["refused"]:  # back to where the step started
+                for k, v in saved[0].items():
+                    theta[k].copy_(v)
+                if alpha is not None:
+                    alpha.copy_(saved[1])
+                gamma = 0.0
+        record.step_size = gamma
         return chosen.unsqueeze(0)
 
 

@@ -32,6 +32,8 @@ class IterationRecord:
     # soft: k), one column per block (task-wise: 1; layer-wise: one per tensor of `keys`), so
     # that a layer-wise run's picks can be drawn per layer (`selected` only counts them)
     chosen: list[list[int]] | None = None
+    # the hold-out guard's verdict on this step (core.guard): held-out losses, refused vertices and why
+    guard: dict[str, Any] | None = None
 
 
 @dataclass
@@ -51,7 +53,11 @@ class RunHistory:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        for record in data["iterations"]:  # an unguarded run's history stays as it was before the guard
+            if record["guard"] is None:
+                del record["guard"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunHistory:

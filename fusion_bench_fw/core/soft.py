@@ -85,12 +85,21 @@ class SoftStep:
     best), their step weights searched on the inner objective (the outer one unless given), the move."""
 
     def __init__(
-        self, config: SoftConfig, objective: Objective, vertices: Vertices, blocks: Blocks, k: int, inner=None, **_
+        self,
+        config: SoftConfig,
+        objective: Objective,
+        vertices: Vertices,
+        blocks: Blocks,
+        k: int,
+        inner=None,
+        guard=None,
+        **_,
     ):
         if config.needs_inner_objective and inner is None:
             raise ValueError(f"inner_loss={config.inner_loss} needs its inner objective; none was given")
         self.config, self.vertices, self.blocks, self.k = config, vertices, blocks, k
         self.inner, self.inner_is_outer = inner or objective, inner is None or inner is objective
+        self.guard = guard
 
     def update(self, theta, alpha, scores: Tensor, record, t: int) -> Tensor:
         """Move ``theta`` and ``alpha`` by ``scores`` (gradients x vertices x blocks: the total, then
@@ -99,8 +108,9 @@ class SoftStep:
         chosen = select_per_task(scores[1:]) if self.config.per_task_gradients else select_topk(scores[0], self.k)
         loss_here = record.loss if self.inner_is_outer else None
         record.inner = soft_step(
-            self.inner, theta, self.vertices, self.blocks, chosen, self.config, alpha, loss_here, t
+            self.inner, theta, self.vertices, self.blocks, chosen, self.config, alpha, loss_here, t, self.guard
         )
+        record.guard = record.inner.pop("guard", None)
         return chosen
 
 
@@ -114,14 +124,19 @@ def soft_step(
     alpha,
     loss_here,
     t: int = 0,
+    guard=None,
 ):
     """Search lambda for the ``chosen`` vertices (k x blocks) on ``objective`` (the outer one, or
-    the inner loss the config names), then move theta (in place) and its coefficients ``alpha``.
-    Returns the search's summary for the history."""
+    the inner loss the config names), let the hold-out ``guard`` (if any) refuse weights, then move
+    theta (in place) and its coefficients ``alpha``. Returns the search's summary for the history."""
     selection = Selection.gather(vertices, blocks, chosen, theta, config.coef_granularity)
     best_loss, best_lam, trace = inner_search(objective, theta, selection, config, loss_here, t)
+    verdict = None
+    if guard is not None:
+        best_lam, verdict = guard.check_weights(theta, lambda lam: selection.combine(theta, lam), best_lam, chosen)
     move(theta, alpha, vertices, selection, best_lam)
     return {
+        **({"guard": verdict} if verdict is not None else {}),
         "loss_start": loss_here,
         "loss_best": best_loss,
         "trace": trace,

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from .checkpoint import check_resumable, checkpoint_exists, load_checkpoint, save_checkpoint
 from .config import FrankWolfeConfig, HardConfig, SoftConfig
 from .distributed import SINGLE_PROCESS, Communicator
+from .guard import HoldoutGuard
 from .hard import HardStep
 from .history import IterationRecord, RunHistory
 from .lmo import Blocks, score_vertices_sharded
@@ -59,6 +60,7 @@ def frank_wolfe(
     resume: bool = False,
     communicator: Communicator = SINGLE_PROCESS,
     inner_objective: Objective | None = None,
+    holdout_objective: Objective | None = None,
     run_record: dict | None = None,
 ) -> FrankWolfeResult:
     """Run ``config``'s variant on ``plan`` (:func:`~.vertices.plan_vertices`) and return the
@@ -71,10 +73,23 @@ def frank_wolfe(
     its own batches); every rank resumes from the same ``checkpoint_path``, rank 0 writes it.
     FW-soft's inner search runs on ``inner_objective`` (required by ``inner_loss=entropy_test``;
     a stochastic one makes a resumed run differ from an uninterrupted one) or on ``objective``.
+    With ``holdout_objective`` (labelled samples of the same tasks, disjoint from ``objective``'s) the
+    hold-out guard (:mod:`.guard`) checks the start and every step on it and refuses what does not help.
     ``run_record``: what the caller ran around the solver (its options, the data it drew), kept in
     the history's ``extra``; a resume under another record is refused like one under other settings.
     """
-    run = _Run(objective, store, plan, config, torch.device(device), dtype, communicator, seed, inner_objective)
+    run = _Run(
+        objective,
+        store,
+        plan,
+        config,
+        torch.device(device),
+        dtype,
+        communicator,
+        seed,
+        inner_objective,
+        holdout_objective,
+    )
     run.history.extra.update(run_record or {})
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
     bar = tqdm(
@@ -107,7 +122,19 @@ def frank_wolfe(
 class _Run:
     """The state of one run (theta, alpha, history) and the steps of an iteration."""
 
-    def __init__(self, objective, store, plan: VertexPlan, config, device, dtype, comm: Communicator, seed, inner=None):
+    def __init__(
+        self,
+        objective,
+        store,
+        plan: VertexPlan,
+        config,
+        device,
+        dtype,
+        comm: Communicator,
+        seed,
+        inner=None,
+        holdout=None,
+    ):
         _check_plan(plan, store, objective)
         self.objective, self.config, self.device, self.dtype, self.comm = objective, config, device, dtype, comm
         self.keys, basis = list(store.keys), list(store.names)
@@ -119,13 +146,17 @@ class _Run:
                 raise ValueError(f"start coefficients of {name!r}: {row.numel()} values for {len(self.keys)} tensors")
             self.alpha[basis.index(name)] = row
         self.theta = materialise(store, self.alpha, self.keys, device, dtype)
+        self.guard = HoldoutGuard(holdout, plan.vertices, self.blocks.count) if holdout is not None else None
+        start_guard = self.guard_start(plan, store) if self.guard else None
         self.vertices = Vertices(plan, store, self.theta, self.alpha)
-        self.step = STEPS[type(config)](config, objective, self.vertices, self.blocks, k=plan.k, inner=inner)
+        self.step = STEPS[type(config)](
+            config, objective, self.vertices, self.blocks, k=plan.k, inner=inner, guard=self.guard
+        )
         self.track_alpha = config.tracks_coefficients
         self.per_task = config.per_task_gradients
         self.history = RunHistory(
             variant=config.variant,
-            config={**config.to_dict(), "k_effective": plan.k},
+            config={**config.to_dict(), "k_effective": plan.k, **({"holdout_guard": True} if holdout else {})},
             tasks=list(objective.task_names),
             basis=basis,
             vertices=list(self.vertices.names),
@@ -133,6 +164,17 @@ class _Run:
             seed=seed,
             stop_reason="max_iters",
         )
+        if self.guard:
+            self.history.extra["guard_start"] = start_guard
+
+    def guard_start(self, plan: VertexPlan, store) -> dict:
+        """The guard's pass over the start's terms (a pretrained + task-vector combination only)."""
+        pre = plan.pretrained
+        if pre is None or pre not in plan.start or pre not in store.names:
+            return {"skipped": "the start is not the pretrained model plus task vectors of the pool's models"}
+        members = [n for n in plan.start if n != pre and bool(self.alpha[list(store.names).index(n)].abs().sum() > 0)]
+        read = lambda name, key: store.tensor(name, key).to(self.device)  # noqa: E731
+        return self.guard.check_start(self.theta, self.alpha, list(store.names), read, pre, members)
 
     def resume(self, path: str) -> int:
         """Load the saved state; returns the iteration to continue from."""
@@ -143,6 +185,9 @@ class _Run:
             self.alpha.copy_(saved_alpha)
         torch.set_rng_state(rng)
         self.history.iterations = saved.iterations
+        if self.guard:
+            self.guard.restore(saved.iterations)
+            self.guard.moved()
         first = len(saved.iterations)
         if saved.stop_reason.startswith("gap"):
             self.history.stop_reason, first = saved.stop_reason, self.config.max_iters
@@ -183,6 +228,8 @@ class _Run:
 
     def update(self, record: IterationRecord, scores: Tensor, t: int) -> None:
         """The variant's step from theta toward the selected vertices, recorded in ``record``."""
+        if self.guard:
+            scores = self.guard.mask(scores)
         chosen = self.step.update(self.theta, self.alpha if self.track_alpha else None, scores, record, t)
         record.selected = _describe_selection(self.vertices.names, chosen, self.blocks)
         record.chosen = chosen.tolist()

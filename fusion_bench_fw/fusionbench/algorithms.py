@@ -67,21 +67,31 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             inner = build_inner_objective(
                 modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
             )
-        objective = build_objective(  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
-            pool.kind,
-            modelpool,
-            template,
-            pool.train_sets,
-            Sampling(opts.n_per_task, opts.batch_size, opts.seed),
-            fabric=self.fabric,
-            task_weighting=opts.task_weighting,
-            autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
-        )
-        result = self._solve(objective, store, plan, paths, inner, run_record(opts, pool.targets, self.fabric))
+
+        def objective_on(sampling: Sampling):  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
+            return build_objective(
+                pool.kind,
+                modelpool,
+                template,
+                pool.train_sets,
+                sampling,
+                fabric=self.fabric,
+                task_weighting=opts.task_weighting,
+                autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
+            )
+
+        objective = objective_on(Sampling(opts.n_per_task, opts.batch_size, opts.seed))
+        holdout = None  # the hold-out guard's samples: the next guard_samples of the same seeded order
+        if opts.guard:
+            holdout = objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+        record = run_record(opts, pool.targets, self.fabric)
+        result = self._solve(objective, store, plan, paths, inner, record, holdout)
         self.save_history(result.history, paths.history)
         return assemble(template, result.params)
 
-    def _solve(self, objective, store, plan, paths: OutputPaths, inner_objective, record: dict) -> FrankWolfeResult:
+    def _solve(
+        self, objective, store, plan, paths: OutputPaths, inner_objective, record: dict, holdout=None
+    ) -> FrankWolfeResult:
         opts = self.options
         if opts.resume and not os.path.exists(paths.checkpoint):
             log.warning("resume=true but no checkpoint at %s: starting from scratch", paths.checkpoint)
@@ -103,6 +113,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             resume=opts.resume,
             communicator=fabric_communicator(self.fabric),
             inner_objective=inner_objective,
+            holdout_objective=holdout,
             run_record=record,
         )
 
@@ -141,6 +152,8 @@ RESUME_MUST_MATCH = (
     "batch_size",
     "seed",
     "task_weighting",
+    "guard",
+    "guard_samples",
     "init",
     "init_scaling",
     "init_models",

@@ -60,6 +60,11 @@ class RunOptions:
         task_weighting: ``mean`` (each task weighs 1/|T|) or ``sum_samples`` (per-sample losses summed).
         allow_fewer_samples: a task with fewer than ``n_per_task`` samples uses all of them
             (with a warning) instead of failing.
+        guard: the hold-out guard (:mod:`fusion_bench_fw.core.guard`): the start's task vectors and every
+            step are checked on ``guard_samples`` other labelled samples per target task (train split,
+            disjoint from the objective's), and a checkpoint that does not lower their loss is refused.
+        guard_samples: the guard's held-out labelled samples per target task (after the objective's
+            ``n_per_task`` in the same seeded order).
         on_incompatible: ``error`` or ``skip`` (drop, with a warning, candidates whose tensor
             names or shapes differ from the pretrained model's).
         far_models: ``exclude`` (leave out, with a warning, candidates more than 5x farther from the
@@ -95,6 +100,8 @@ class RunOptions:
     seed: int = 0
     task_weighting: str = "mean"
     allow_fewer_samples: bool = False
+    guard: bool = False
+    guard_samples: int = 50
     on_incompatible: str = "error"
     far_models: str = "exclude"
     init: str = "pretrained"
@@ -113,6 +120,9 @@ class RunOptions:
     def __post_init__(self):
         check_positive_int("n_per_task", self.n_per_task)
         check_positive_int("batch_size", self.batch_size)
+        check_positive_int("guard_samples", self.guard_samples)
+        if not isinstance(self.guard, bool):
+            raise ValueError(f"guard must be true or false, got {self.guard!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)

@@ -151,7 +151,8 @@ def read_pool(modelpool, options: RunOptions, cache_dir: str, clip_only: str | N
     train_sets = load_train_sets(modelpool, targets)
     for task, dataset in train_sets.items():
         if hasattr(dataset, "__len__"):
-            check_sample_count(task, len(dataset), options.n_per_task, options.allow_fewer_samples)
+            guard_samples = options.guard_samples if options.guard else 0
+            check_sample_count(task, len(dataset), options.n_per_task, options.allow_fewer_samples, guard_samples)
     conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
     models = list(modelpool.model_names)
     check = CompatibilityCheck(shapes, list(template.state_dict()), options.on_incompatible)
@@ -195,10 +196,17 @@ def check_targets(modelpool, targets: Sequence[str] | None) -> list[str]:
     return targets
 
 
-def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool) -> None:
-    """A target task needs ``n_per_task`` labelled samples, or the user's leave to use fewer."""
+def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool, guard_samples: int = 0) -> None:
+    """A target task needs ``n_per_task`` labelled samples, or the user's leave to use fewer; with the
+    hold-out guard, ``guard_samples`` more (never fewer: the guard's samples must not be the objective's)."""
     if n == 0:
         raise ValueError(f"target task {task!r}: its training split is empty; FW needs labelled samples")
+    if guard_samples and n < n_per_task + guard_samples:
+        raise ValueError(
+            f"target task {task!r} has {n} training samples; the hold-out guard needs n_per_task + guard_samples = "
+            f"{n_per_task} + {guard_samples} distinct ones: lower method.n_per_task or method.guard_samples, "
+            "or set method.guard=false"
+        )
     if n < n_per_task:
         if not allow_fewer:
             raise ValueError(

@@ -58,11 +58,16 @@ RECORD = os.environ.get("FW_RECORD_BEHAVIOUR_LOCK") == "1"
 # case's resolved run options ("extra") to the json and changed no number. Re-recorded once since, on
 # purpose, in the commit that says so: FW-soft's default inner_lr 1e-3 -> 3e-3 (chosen on mini_TA8
 # validation; only the two default FW-soft tiny-CLIP cases' numbers changed) and the new option
-# init_options (every config and "extra" gains it; no other number changed). A re-record changes
+# init_options (every config and "extra" gains it; no other number changed). Then the hold-out guard's
+# options guard / guard_samples (off by default: every config gains the two keys, nothing else changed,
+# the tensors file is byte-identical). A re-record changes
 # these hashes: it must edit them here, in a commit that names itself and says why.
-RECORDED_AT = "26ec2d5 (FW code of 5292c8e + f56128f); re-recorded for FW-soft's inner_lr default and init_options"
+RECORDED_AT = (
+    "26ec2d5 (FW code of 5292c8e + f56128f); re-recorded for FW-soft's inner_lr default and init_options, "
+    "and for the options guard and guard_samples"
+)
 GOLDEN_SHA256 = {
-    "behaviour_lock.json": "6c277ca0c70d6c9e7395a34199218a1be2228d43187204b66a6c8ae5bdf7024a",
+    "behaviour_lock.json": "e41c1a14c313b7408fbe0393eae9fa97e411e19d63df2af59f6366e8138b7f08",
     "behaviour_lock.safetensors": "a0beedcdf3b111a127f7629025be6048033971ddfc4d2a41c3e936ddf4d41e49",
 }
 RTOL, ATOL = 1e-4, 1e-7  # see the module docstring

@@ -16,9 +16,13 @@ from fusion_bench_fw.core.objective import Batch
 
 @dataclass(frozen=True)
 class Sampling:
+    """``n_per_task`` samples per task from a seeded permutation of its train split, from position
+    ``offset`` on (the hold-out guard's samples follow the objective's: disjoint by construction)."""
+
     n_per_task: int
     batch_size: int
     seed: int
+    offset: int = 0
 
 
 def load_train_sets(modelpool, targets: Sequence[str]) -> dict[str, Any]:
@@ -35,15 +39,16 @@ def load_train_sets(modelpool, targets: Sequence[str]) -> dict[str, Any]:
     return train_sets
 
 
-def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str) -> list[int]:
-    """A seeded subset, drawn once per (seed, task) and independent of the other tasks."""
+def fixed_subset_indices(n_available: int, n_per_task: int, seed: int, task: str, offset: int = 0) -> list[int]:
+    """A seeded subset, drawn once per (seed, task) and independent of the other tasks: positions
+    ``offset`` to ``offset + n_per_task`` of the task's permutation."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(task.encode()))
-    return torch.randperm(n_available, generator=g)[:n_per_task].tolist()
+    return torch.randperm(n_available, generator=g)[offset : offset + n_per_task].tolist()
 
 
 def sample_batches(dataset, sampling: Sampling, task: str, make_item: Callable, collate: Callable) -> list[Batch]:
     """The task's fixed subset, each row through ``make_item``, in batches of ``collate``'d items."""
-    indices = fixed_subset_indices(len(dataset), sampling.n_per_task, sampling.seed, task)
+    indices = fixed_subset_indices(len(dataset), sampling.n_per_task, sampling.seed, task, sampling.offset)
     items = [make_item(dataset[i]) for i in indices]
     size = sampling.batch_size
     return [Batch(collate(items[s : s + size]), len(items[s : s + size])) for s in range(0, len(items), size)]

@@ -1,0 +1,150 @@
+"""The hold-out guard (core.guard): its elimination against brute force, and on toys where FW's own
+objective is misled toward a noise model, the guard keeps that model out where the unguarded run
+lets it in; a guarded run resumes to the same merge."""
+
+import itertools
+
+import pytest
+import torch
+from toy import QuadraticObjective, solve
+
+from fusion_bench_fw.core import FrankWolfeConfig
+from fusion_bench_fw.core.guard import eliminate
+from fusion_bench_fw.core.solver import materialise
+from fusion_bench_fw.core.stores import InMemoryVertexStore
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_elimination_on_an_additive_loss_finds_the_brute_force_optimum(seed):
+    """Each removal shifts the loss by its own amount: the best subset drops exactly the members whose
+    removal does not raise it, and greedy elimination must reach that optimum."""
+    g = torch.Generator().manual_seed(seed)
+    shift = (torch.randn(7, generator=g, dtype=torch.float64)).tolist()
+    shift[seed % 7] = 0.0  # a tie: removal changes nothing, and goes
+
+    def loss(removed):
+        return 1.0 + sum(shift[m] for m in removed)
+
+    dropped, final = eliminate(loss, range(7), loss(frozenset()))
+    best = min(loss(frozenset(c)) for r in range(8) for c in itertools.combinations(range(7), r))
+    assert final == pytest.approx(best, abs=1e-12)
+    assert {m for m, _, _ in dropped} == {m for m in range(7) if shift[m] <= 0}
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_elimination_never_raises_the_loss_on_any_loss(seed):
+    """On an arbitrary (non-additive) set function every removal keeps the loss at or below the one before."""
+    g = torch.Generator().manual_seed(100 + seed)
+    table = {
+        frozenset(c): float(torch.rand(1, generator=g)) for r in range(6) for c in itertools.combinations(range(5), r)
+    }
+    dropped, final = eliminate(table.__getitem__, range(5), table[frozenset()])
+    removed, before = frozenset(), table[frozenset()]
+    for m, after, at in dropped:
+        assert at == before and after <= before and m not in removed
+        removed, before = removed | {m}, after
+        assert table[removed] == after
+    assert final == before <= table[frozenset()]
+
+
+def misled_toy(seed=3, dim=(40, 30)):
+    """Two task models and a noise-trained one (the same pre-trained model, a random update of a task
+    vector's size). FW's samples pull toward the noise model's direction too (an overfit: the train
+    target has 0.8 of it), the held-out samples do not."""
+    g = torch.Generator().manual_seed(seed)
+    pre = {"w": torch.randn(dim, generator=g), "b": torch.randn(dim[0], generator=g)}
+    models = {"_pretrained_": pre}
+    for name in ("task0", "task1", "noise"):
+        models[name] = {k: v + torch.randn(v.shape, generator=g) for k, v in pre.items()}
+    tau = {n: {k: models[n][k] - pre[k] for k in pre} for n in ("task0", "task1", "noise")}
+    holdout_target = {k: pre[k] + 0.5 * tau["task0"][k] + 0.5 * tau["task1"][k] for k in pre}
+    train_target = {k: holdout_target[k] + 0.8 * tau["noise"][k] for k in pre}
+    return models, train_target, holdout_target
+
+
+CASES = {
+    "hard-line-search": ("hard", dict(granularity="task")),
+    "soft-default": ("soft", dict()),
+}
+
+
+def noise_coefficient(result) -> float:
+    basis = result.history.basis
+    return max(abs(c) for c in result.coefficients[basis.index("noise")].tolist())
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("start", ["pretrained", "task_arithmetic"])
+def test_the_guard_keeps_a_misleading_noise_model_out(case, start):
+    variant, options = CASES[case]
+    models, train_target, holdout_target = misled_toy()
+    names = ["task0", "task1", "noise"]
+    init = {"_pretrained_": 1.0} if start == "pretrained" else {"_pretrained_": 0.1, **{n: 0.3 for n in names}}
+    config = FrankWolfeConfig.build(variant, max_iters=6, **options)
+    store = InMemoryVertexStore(models)
+    holdout = QuadraticObjective(holdout_target)
+    plain = solve(QuadraticObjective(train_target), store, names, init, config, progress=False)
+    guarded = solve(
+        QuadraticObjective(train_target), store, names, init, config, progress=False, holdout_objective=holdout
+    )
+    # the toy misleads the unguarded run: the noise model is in its merge
+    assert noise_coefficient(plain) > 0.05
+    # guarded: never in the merge, and held-out loss better than the unguarded run's
+    assert noise_coefficient(guarded) == 0.0
+    assert holdout.loss(guarded.params) < holdout.loss(plain.params)
+    # the start and every step only ever lowered the held-out loss, and the history says what was refused
+    history = guarded.history
+    assert history.config["holdout_guard"] is True
+    start_report = history.extra["guard_start"]
+    if start == "task_arithmetic":
+        assert [r["model"] for r in start_report["refused"]] == ["noise"]
+        assert start_report["kept"] == ["task0", "task1"]
+    losses = [r.guard["holdout_here"] for r in history.iterations]
+    assert all(b <= a for a, b in zip(losses, losses[1:]))
+    refused = [x for r in history.iterations for x in r.guard["refused"]]
+    assert all(x["holdout_without"] <= x["holdout_with"] for x in refused)
+    assert all(
+        r.guard["step"] in ("kept", "none") or r.guard["step"].startswith("rejected") for r in history.iterations
+    )
+    # the merge is the coefficients' combination (the guard's subtractions kept theta and alpha together)
+    reference = materialise(store, guarded.coefficients, list(store.keys), "cpu", torch.float64)
+    for k, v in reference.items():
+        torch.testing.assert_close(guarded.params[k].double(), v, rtol=1e-5, atol=1e-5)
+
+
+def test_a_guard_run_resumes_to_the_same_merge(tmp_path):
+    """The refusals are in the checkpointed history: a resumed run refuses what the first half refused."""
+    models, train_target, holdout_target = misled_toy(seed=4)
+    names = ["task0", "task1", "noise"]
+    config = FrankWolfeConfig.build("hard", granularity="task", max_iters=6)
+    store = InMemoryVertexStore(models)
+    init = {"_pretrained_": 1.0}
+
+    def run(**kwargs):
+        return solve(
+            QuadraticObjective(train_target),
+            store,
+            names,
+            init,
+            config,
+            progress=False,
+            holdout_objective=QuadraticObjective(holdout_target),
+            **kwargs,
+        )
+
+    full = run()
+    ckpt = str(tmp_path / "state.safetensors")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_3(record, history):
+        if record.t == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run(checkpoint_path=ckpt, on_iteration=stop_after_3)
+    resumed = run(checkpoint_path=ckpt, resume=True)
+    assert [r.selected for r in resumed.history.iterations] == [r.selected for r in full.history.iterations]
+    for k in full.params:
+        assert torch.equal(full.params[k], resumed.params[k])
