@@ -75,6 +75,8 @@ ALL_METHODS = (
     "fw_soft",
     "fw_hard_from_tsv_m",
     "fw_soft_from_tsv_m",
+    "fw_hard_guard",
+    "fw_soft_guard",
     "fw_hard_paper",
     "fw_soft_paper",
 )
@@ -179,6 +181,15 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "fw_soft_from_tsv_m": [
             "method=fw_soft",
             "method.init=tsv_m",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
+        # the hold-out guard (issue 22): the start and every step checked on 50 more labelled samples per task
+        "fw_hard_guard": ["method=fw_hard", "method.guard=true", *fw_common, f"method.max_iters={s['fw_iters']}"],
+        "fw_soft_guard": [
+            "method=fw_soft",
+            "method.guard=true",
             *fw_common,
             f"method.max_iters={s['soft_iters']}",
             f"method.inner_steps={s['fw_inner']}",

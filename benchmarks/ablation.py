@@ -33,6 +33,7 @@ from _common import (  # noqa: E402
     add_run_options,
     describe_provenance,
     fmt,
+    mini_build,
     provenance,
     quote,
     resolve_settings,
@@ -162,12 +163,7 @@ def ablate(args, pool: str, settings: dict, out: Path) -> None:
     from fusion_bench_fw.offline import minibench
 
     modelpool, taskpool, tasks = MINI_POOLS[pool]
-    params = minibench.BuildParams(
-        scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
-        **(minibench.QUICK if args.quick else {}),
-        threads=args.threads,
-    )
-    manifest = minibench.build(args.root, params)
+    manifest = mini_build(modelpool, root=args.root, quick=args.quick, threads=args.threads)
     env = {minibench.ENV_VAR: manifest["root"]}
     base = [f"modelpool={modelpool}", f"taskpool={taskpool}", "fabric.accelerator=cpu"]
     tasks = list(tasks)

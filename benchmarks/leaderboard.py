@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +38,7 @@ from _common import (  # noqa: E402
     describe_provenance,
     drop_models,
     fmt,
+    mini_build,
     provenance,
     resolve_settings,
     run_fusion_bench,
@@ -355,21 +355,6 @@ def plot(result: dict, path: Path):
     plt.close(fig)
 
 
-def mini_build(args, modelpool: str, seed: int) -> dict:
-    """The mini benchmark's build of ``seed`` for ``modelpool`` (built if needed): seed 0 at
-    ``--root`` (or the default root), seed k beside it at ``<root>-seed<k>``."""
-    from fusion_bench_fw.offline import minibench
-
-    params = minibench.BuildParams(
-        scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
-        **(minibench.QUICK if args.quick else {}),
-        seed=seed,
-        threads=args.threads,
-    )
-    root = args.root or os.environ.get(minibench.ENV_VAR) or minibench.default_root()
-    return minibench.build(root if seed == 0 else f"{root.rstrip('/')}-seed{seed}", params)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("outputs/minibench_leaderboard"))
@@ -474,7 +459,7 @@ def main(argv=None) -> int:
     else:
         per_seed = []
         for seed in args.build_seeds:
-            manifest = mini_build(args, modelpool, seed)
+            manifest = mini_build(modelpool, seed=seed, root=args.root, quick=args.quick, threads=args.threads)
             env[minibench.ENV_VAR] = manifest["root"]
             print(f"mini benchmark at {manifest['root']} (build {manifest['build_seconds']}s when it was built)")
             out = args.out if len(args.build_seeds) == 1 else args.out / f"build_seed{seed}"

@@ -40,6 +40,7 @@ from _common import (  # noqa: E402
     describe_provenance,
     drop_models,
     fmt,
+    mini_build,
     provenance,
     resolve_settings,
     run_fusion_bench,
@@ -79,7 +80,7 @@ def plan(experiment: str, manifest_models: dict[str, dict], tasks: list[str], ta
 
 def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
     fw = [f"method.targets=[{','.join(eval_tasks)}]", f"method.n_per_task={s['n_per_task']}", "method.progress=false"]
-    return {
+    rows = {
         "task_arithmetic": ["method=task_arithmetic", "method.scaling_factor=0.3"],
         "simple_average": ["method=simple_average"],
         "ties_merging": ["method=ties_merging", "method.scaling_factor=0.3", "method.threshold=20"],
@@ -90,7 +91,10 @@ def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
             f"method.max_iters={s['soft_iters']}",
             f"method.inner_steps={s['fw_inner']}",
         ],
-    }[method]
+    }
+    # the hold-out guard (issue 22): the same runs with the start and every step checked on held-out samples
+    rows.update({f"{m}_guard": [*rows[m], "method.guard=true"] for m in ("fw_hard", "fw_soft")})
+    return rows[method]
 
 
 MINI = dict(pools=("mini_all", "mini_TA8"), clip=True)
@@ -187,6 +191,8 @@ def plot(results: dict, out: Path):
         "task_arithmetic": ("Task Arithmetic", "tab:orange", "s"),
         "fw_hard": ("FW-hard", "tab:green", "^"),
         "fw_soft": ("FW-soft", "tab:blue", "o"),
+        "fw_hard_guard": ("FW-hard + guard", "tab:olive", "v"),
+        "fw_soft_guard": ("FW-soft + guard", "tab:cyan", "P"),
         "simple_average": ("Simple average", "tab:gray", "x"),
         "ties_merging": ("TIES", "tab:red", "d"),
     }
@@ -231,7 +237,7 @@ def main(argv=None) -> int:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=["task_arithmetic", "fw_hard", "fw_soft", "simple_average", "ties_merging"],
+        choices=[*METHODS, "fw_hard_guard", "fw_soft_guard", "simple_average", "ties_merging"],
     )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
@@ -246,8 +252,7 @@ def main(argv=None) -> int:
     elif args.pool == "mini_TALL20":
         from fusion_bench_fw.offline import minibench
 
-        params = minibench.BuildParams(scope="tall20", **(minibench.QUICK if args.quick else {}), threads=args.threads)
-        manifest = minibench.build(args.root, params)
+        manifest = mini_build("tall20", root=args.root, quick=args.quick, threads=args.threads)
         env = {minibench.ENV_VAR: manifest["root"]}
         pools = ("mini_TALL20", "mini_TALL20")
         results = run_task_pool(args, settings, pools, list(minibench.ALL_TASKS), env, mini=True, manifest=manifest)
@@ -294,8 +299,7 @@ def main(argv=None) -> int:
     else:
         from fusion_bench_fw.offline import minibench
 
-        params = minibench.BuildParams(scope="all", **(minibench.QUICK if args.quick else {}), threads=args.threads)
-        manifest = minibench.build(args.root, params)
+        manifest = mini_build("all", root=args.root, quick=args.quick, threads=args.threads)
         env = {minibench.ENV_VAR: manifest["root"]}
         results = run_scaling(
             args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads, args.reuse

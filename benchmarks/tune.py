@@ -34,6 +34,7 @@ from _common import (  # noqa: E402
     add_run_options,
     describe_provenance,
     fmt,
+    mini_build,
     provenance,
     resolve_settings,
     run_fusion_bench,
@@ -176,12 +177,7 @@ def pool_setup(args) -> tuple[str, str, list[str], dict, dict, list[str], bool]:
     from fusion_bench_fw.offline import minibench
 
     modelpool, taskpool, tasks = MINI_POOLS[args.pool]
-    params = minibench.BuildParams(
-        scope=minibench.scope_for(minibench.pool_contents()[modelpool][1]),
-        **(minibench.QUICK if args.quick else {}),
-        threads=args.threads,
-    )
-    manifest = minibench.build(args.root, params)
+    manifest = mini_build(modelpool, root=args.root, quick=args.quick, threads=args.threads)
     return (
         modelpool,
         taskpool,
