@@ -80,6 +80,15 @@ def tiny_clip_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def tiny_env(tiny_clip_root, monkeypatch) -> Path:
+    """The tiny CLIP pool where its configs look for it (the env var the pool's yaml reads)."""
+    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
+    return tiny_clip_root
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_manifest(tiny_clip_root) -> dict:
     return json.loads((tiny_clip_root / "manifest.json").read_text())

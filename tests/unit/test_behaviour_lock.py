@@ -281,13 +281,6 @@ def golden():
         recorded.write()
 
 
-@pytest.fixture
-def tiny_env(tiny_clip_root, monkeypatch):
-    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
-
-    monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
-
-
 # ------------------------------------------------------------------ tests
 @pytest.mark.parametrize("case", list(TOY_CASES))
 def test_toy_runs_are_unchanged(golden, case):

@@ -13,14 +13,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 FAST = ["method.n_per_task=16", "method.batch_size=16", "method.progress=false", "method.targets=null"]
 
 
-@pytest.fixture
-def tiny_env(tiny_clip_root, monkeypatch):
-    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
-
-    monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
-    return tiny_clip_root
-
-
 @pytest.mark.parametrize("n, n_guard, seed", [(100, 50, 0), (16, 8, 3), (7, 30, 11)])
 def test_the_guard_samples_follow_the_objectives_in_one_seeded_order(n, n_guard, seed):
     available = 200

@@ -15,14 +15,6 @@ pytestmark = pytest.mark.usefixtures("one_thread_private_cache")
 FAST = ["method.n_per_task=16", "method.batch_size=16", "method.progress=false", "method.targets=null"]
 
 
-@pytest.fixture
-def tiny_env(tiny_clip_root, monkeypatch):
-    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
-
-    monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
-    return tiny_clip_root
-
-
 def fusionbench_merge(method: str, *overrides: str) -> dict[str, torch.Tensor]:
     """FusionBench's own method on the tiny pool, as `fusion_bench method=<method> <overrides>` runs it."""
     from fusion_bench.utils import instantiate

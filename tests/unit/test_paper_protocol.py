@@ -19,14 +19,6 @@ TASKS = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes"]
 FAST = ["method.n_per_task=16", "method.batch_size=16", "method.progress=false", "method.targets=null"]
 
 
-@pytest.fixture
-def tiny_env(tiny_clip_root, monkeypatch):
-    from fusion_bench_fw.offline.tiny_clip import ENV_VAR
-
-    monkeypatch.setenv(ENV_VAR, str(tiny_clip_root))
-    return tiny_clip_root
-
-
 def weights(root, name) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in load_file(str(root / "models" / name / "model.safetensors")).items()}
 
