@@ -114,23 +114,33 @@ def run_scaling(
     reuse=False,
     bench: dict = MINI,
     layout: dict | None = None,
+    split: str = "test",
 ) -> dict:
     """Every experiment's runs. ``layout`` (default: ``manifest``) names the pool's models with
     their groups (``models``), its ``tasks`` and its ``targets``; ``manifest`` is the build's, for
-    provenance."""
+    provenance. ``split``: ``test`` (the reported numbers) or ``val`` (the validation twin of the task
+    pool, for choosing defaults; tasks without a validation split are left out of the scores)."""
     layout = layout or manifest
     all_models = list(layout["models"])
     tasks, targets = layout["tasks"], layout["targets"]
     results = dict(
-        settings=settings, counts=list(counts), methods=list(methods), tasks=tasks, targets=targets, experiments={}
+        settings=settings,
+        counts=list(counts),
+        methods=list(methods),
+        tasks=tasks,
+        targets=targets,
+        split=split,
+        experiments={},
     )
+    scored = [t for t in tasks if split == "test" or has_val(bench, t)]  # the tasks the task pool holds
+    taskpool = bench["pools"][1] + ("_val" if split == "val" else "")
     done: dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
     for exp in experiments:
         rows = []
         print(f"[{exp}]", flush=True)
         for count, members, eval_tasks in plan(exp, layout["models"], tasks, targets, counts):
             drop = [m for m in all_models if m not in members]
-            drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
+            drop_eval = [f"~taskpool.test_datasets.{t}" for t in scored if t not in eval_tasks]
             for method in methods:
                 key = (tuple(members), tuple(eval_tasks), method)
                 if key not in done:
@@ -138,7 +148,7 @@ def run_scaling(
                         f"{exp}+{count} {method}",
                         [
                             f"modelpool={bench['pools'][0]}",
-                            f"taskpool={bench['pools'][1]}",
+                            f"taskpool={taskpool}",
                             *drop_models(drop, datasets=bench["clip"], keep_clip_tasks=eval_tasks, clip=bench["clip"]),
                             *drop_eval,
                             *method_args(method, settings, eval_tasks),
@@ -156,6 +166,15 @@ def run_scaling(
     return results
 
 
+def has_val(bench: dict, task: str) -> bool:
+    """Whether ``task`` has a validation split (the mini benchmark's digits tasks do not)."""
+    if bench is MINI:
+        from fusion_bench_fw.offline.minibench.configs import has_val as mini_has_val
+
+        return mini_has_val(task)
+    return True
+
+
 def to_markdown(results: dict) -> str:
     parts = []
     for exp, rows in results["experiments"].items():
@@ -166,7 +185,8 @@ def to_markdown(results: dict) -> str:
             evaluated = "the pool's tasks"
         else:
             evaluated = f"all {len(results['tasks'])} tasks" if "tasks" in results else "all 8 tasks"
-        parts.append(f"### {exp} models added (average accuracy %, {evaluated})\n")
+        split = ", validation splits" if results.get("split") == "val" else ""
+        parts.append(f"### {exp} models added (average accuracy %, {evaluated}{split})\n")
         parts.append("| added | pool | " + " | ".join(methods) + " |")
         parts.append("|" + "---|" * (len(methods) + 2))
         for count in results["counts"]:
@@ -229,6 +249,13 @@ def main(argv=None) -> int:
         "tiny: the tests' tiny CLIP pool (needs --root), a smoke run",
     )
     p.add_argument("--quick", action="store_true")
+    p.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="score on the test splits (reported numbers) or on the validation splits (choosing defaults); "
+        "val: mini_all and text only",
+    )
     p.add_argument("--experiments", nargs="+", default=list(EXPERIMENTS), choices=EXPERIMENTS)
     p.add_argument(
         "--counts", nargs="+", type=int, default=None, help="default 0 4 8 12 16 (text: 0 1 2 3 4 5; tiny: 0 1 2)"
@@ -241,6 +268,8 @@ def main(argv=None) -> int:
     )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)
+    if args.split == "val" and (args.hub or args.pool not in ("mini_all", "text")):
+        p.error("--split val: --pool mini_all or text (the others have no validation task pools here)")
     settings = resolve_settings(args, FULL, QUICK)
     t0 = time.perf_counter()
     manifest = None
@@ -295,6 +324,7 @@ def main(argv=None) -> int:
             args.threads,
             args.reuse,
             bench=TEXT,
+            split=args.split,
         )
     else:
         from fusion_bench_fw.offline import minibench
@@ -302,7 +332,16 @@ def main(argv=None) -> int:
         manifest = mini_build("all", root=args.root, quick=args.quick, threads=args.threads)
         env = {minibench.ENV_VAR: manifest["root"]}
         results = run_scaling(
-            args.out, manifest, env, settings, args.experiments, args.counts, args.methods, args.threads, args.reuse
+            args.out,
+            manifest,
+            env,
+            settings,
+            args.experiments,
+            args.counts,
+            args.methods,
+            args.threads,
+            args.reuse,
+            split=args.split,
         )
     results["provenance"] = provenance(manifest)
     results.update(total_seconds([row for rows in results["experiments"].values() for row in rows]))
