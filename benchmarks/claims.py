@@ -131,20 +131,39 @@ def _no_worse(exp: str, method: str, last: int, tolerance: float = TOLERANCE):
     return decide
 
 
+def _above(a: dict, b: dict, method: str, rival: str) -> tuple[bool, str]:
+    """Row ``a``'s average above row ``b``'s by more than the spread: the larger standard deviation
+    over builds where the rows have several, else :data:`TOLERANCE`."""
+    if a["average"] is None or b["average"] is None:
+        return False, f"{method} or {rival} did not run"
+    std = max(a.get("average_std") or 0.0, b.get("average_std") or 0.0)
+    spread = 100 * std if std else TOLERANCE
+    margin = 100 * (a["average"] - b["average"])
+    note = f"spread {spread:.1f} over builds" if std else f"one build: {TOLERANCE:.0f} point taken as the spread"
+    return margin > spread, f"{method} {100 * a['average']:.1f} vs {rival} {100 * b['average']:.1f} ({note})"
+
+
 def _beats(method: str, rival: str, file_key: str = "rows"):
-    """``method``'s average above ``rival``'s on a leaderboard by more than the spread: the larger
-    standard deviation over builds where the leaderboard has several, else :data:`TOLERANCE`."""
+    """``method``'s average above ``rival``'s on one leaderboard by more than the spread (:func:`_above`)."""
 
     def decide(data):
         rows = {r["method"]: r for r in data[file_key]}
-        a, b = rows[method], rows[rival]
-        if a["average"] is None or b["average"] is None:
-            return False, f"{method} or {rival} did not run"
-        std = max(a.get("average_std") or 0.0, b.get("average_std") or 0.0)
-        spread = 100 * std if std else TOLERANCE
-        margin = 100 * (a["average"] - b["average"])
-        note = f"spread {spread:.1f} over builds" if std else f"one build: {TOLERANCE:.0f} point taken as the spread"
-        return margin > spread, f"{method} {100 * a['average']:.1f} vs {rival} {100 * b['average']:.1f} ({note})"
+        return _above(rows[method], rows[rival], method, rival)
+
+    return decide
+
+
+def _beats_across(method: str, rival: str):
+    """``method`` (a row of the first leaderboard) above ``rival`` (a row of the second) by more than
+    the larger spread over builds; both leaderboards must have run on the same builds (build ids)."""
+
+    def decide(data, rival_data):
+        ids = [[b["provenance"].get("build_id") for b in d["per_build"]] for d in (data, rival_data)]
+        if ids[0] != ids[1]:
+            return False, f"not the same builds ({ids[0]} vs {ids[1]})"
+        row = next(r for r in data["rows"] if r["method"] == method)
+        rival_row = next(r for r in rival_data["rows"] if r["method"] == rival)
+        return _above(row, rival_row, method, rival)
 
     return decide
 
