@@ -14,7 +14,10 @@ tasks (drawn from the train split, disjoint from the objective's; never the test
 * **FW-hard's step**: kept only if it lowers the held-out loss.
 
 A refused vertex is never selected again in that block (the LMO picks the next best), and every
-refusal is in the history with both losses. Costs forward passes on the held-out samples only.
+refusal is in the history with both losses. A rejected step with no single vertex to blame (a
+layer-wise FW-hard step, one vertex per tensor; an FW-soft step whose every vertex helped on its own)
+ends the run: the iterate would not move again, so the guard is then held-out early stopping.
+Costs forward passes on the held-out samples only.
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class HoldoutGuard:
         self.names = list(vertex_names)
         self.refused = torch.zeros(len(self.names), n_blocks, dtype=torch.bool)
         self._here: float | None = None
+        self.stop: str | None = None  # why the run ends (a rejected step with nothing to refuse)
 
     # ------------------------------------------------------------------ selection
     def mask(self, scores: Tensor) -> Tensor:
@@ -160,6 +164,8 @@ class HoldoutGuard:
         if final >= here:
             kept.zero_()
             step = f"rejected: held-out loss {final:.5g} >= {here:.5g} here"
+            if not dropped:
+                self.stop = f"guard: {step}, every selected vertex helped on its own"
         else:
             self._here = final
         report = {"holdout_here": here, "holdout_move": loss_move, "holdout_kept": final}
@@ -167,23 +173,23 @@ class HoldoutGuard:
 
     def check_move(self, before: float, theta, chosen: Tensor) -> dict:
         """FW-hard: the step already taken to ``theta`` is kept only if it lowered the held-out loss
-        from ``before``; else the caller restores theta and the vertex is refused."""
+        from ``before``; else the caller restores theta, and the vertex is refused (task-wise: one
+        vertex to blame) or the run ends (layer-wise: one vertex per tensor, none to blame alone)."""
         after = self.holdout.loss(theta)
+        report = {"holdout_here": before, "holdout_move": after, "refused": [], "refused_pairs": [], "step": "kept"}
         if after < before:
             self._here = after
-            return {"holdout_here": before, "holdout_move": after, "refused": [], "refused_pairs": [], "step": "kept"}
-        pairs = self.refuse(chosen[0])
+            return report
         self._here = before
-        refused = [
+        report["step"] = f"rejected: held-out loss {after:.5g} >= {before:.5g} here"
+        if chosen.shape[1] > 1:
+            self.stop = f"guard: {report['step']} (a layer-wise step)"
+            return report
+        report["refused_pairs"] = self.refuse(chosen[0])
+        report["refused"] = [
             {"vertex": self._describe(chosen[0]), "holdout_without": before, "holdout_with": after, "why": "no lower"}
         ]
-        return {
-            "holdout_here": before,
-            "holdout_move": after,
-            "refused": refused,
-            "refused_pairs": pairs,
-            "step": f"rejected: held-out loss {after:.5g} >= {before:.5g} here",
-        }
+        return report
 
     def _describe(self, row: Tensor):
         """A selected row by name (task-wise) or as {name: blocks} (layer-wise)."""

@@ -36,7 +36,7 @@ class HardStep:
             record.guard = {"holdout_here": before, "refused": [], "refused_pairs": [], "step": "none"}
         else:
             record.guard = self.guard.check_move(before, theta, chosen.unsqueeze(0))
-            if record.guard["refused"]:  # back to where the step started
+            if record.guard["step"] != "kept":  # back to where the step started
                 for k, v in saved[0].items():
                     theta[k].copy_(v)
                 if alpha is not None:

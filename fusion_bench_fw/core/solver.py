@@ -113,7 +113,11 @@ def frank_wolfe(
         log.info(
             "FW-%s t=%d loss=%.5f gap=%.4g selected=%s", config.variant, t, record.loss, record.gap, record.selected
         )
+        if run.guard and run.guard.stop:
+            run.history.stop_reason = run.guard.stop
         run.finish(record, checkpoint_path, on_iteration)
+        if run.guard and run.guard.stop:
+            break
     run.history.final_loss = objective.loss(run.theta)
     run.history.coefficients = run.coefficients_list()
     return FrankWolfeResult(run.theta, run.history, run.alpha if run.track_alpha else None)
@@ -189,7 +193,7 @@ class _Run:
             self.guard.restore(saved.iterations)
             self.guard.moved()
         first = len(saved.iterations)
-        if saved.stop_reason.startswith("gap"):
+        if saved.stop_reason.startswith(("gap", "guard")):  # the saved run had ended
             self.history.stop_reason, first = saved.stop_reason, self.config.max_iters
         log.info("resuming FW-%s from %s after %d iteration(s)", self.config.variant, path, first)
         return first

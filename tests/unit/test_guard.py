@@ -148,3 +148,25 @@ def test_a_guard_run_resumes_to_the_same_merge(tmp_path):
     assert [r.selected for r in resumed.history.iterations] == [r.selected for r in full.history.iterations]
     for k in full.params:
         assert torch.equal(full.params[k], resumed.params[k])
+
+
+def test_a_rejected_layer_wise_step_ends_the_run_where_it_stood():
+    """Layer-wise FW-hard moves every tensor toward its own vertex: a rejected step has no single vertex
+    to refuse, the iterate would not move again, so the run ends there (held-out early stopping)."""
+    models, train_target, holdout_target = misled_toy()
+    names = ["task0", "task1", "noise"]
+    config = FrankWolfeConfig.build("hard", granularity="layer", max_iters=6)
+    guarded = solve(
+        QuadraticObjective(train_target),
+        InMemoryVertexStore(models),
+        names,
+        {"_pretrained_": 1.0},
+        config,
+        progress=False,
+        holdout_objective=QuadraticObjective(holdout_target),
+    )
+    history = guarded.history
+    assert history.stop_reason.startswith("guard: rejected") and len(history.iterations) == 1
+    assert history.iterations[0].step_size == 0.0 and history.iterations[0].guard["refused"] == []
+    for k, v in models["_pretrained_"].items():  # the step was undone
+        assert torch.equal(guarded.params[k], v)
