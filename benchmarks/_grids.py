@@ -35,6 +35,7 @@ GRIDS: dict[str, list[dict[str, object]]] = {
         **{"method.init_options": ["{alpha:1.0}", "{alpha:1.5}"], "method.inner_lr": [3e-3, 1e-3, 3e-4]}
     ),
 }
+GRIDS["fw_hard_guard"], GRIDS["fw_soft_guard"] = GRIDS["fw_hard"], GRIDS["fw_soft"]  # the same knobs, guarded
 # Task Arithmetic with its scaling factor chosen on the labelled samples FW optimises on (each
 # target's n_per_task seeded train samples), not on validation: the data-matched baseline
 DATA_MATCHED = {"task_arithmetic_fw_samples": "task_arithmetic"}
