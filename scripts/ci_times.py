@@ -15,6 +15,9 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from _common import machine_info  # noqa: E402  (the machine as every results file describes it)
+
 # the README's command blocks that tests/integration/test_readme.py runs, by test name
 README_BLOCKS = {
     "test_the_tiny_example": "tiny_example",
@@ -29,16 +32,6 @@ def git(repo: str, *args: str) -> str | None:
         return None
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
-
-
 def main(repo: str, out: str) -> None:
     cases = {c.get("name"): float(c.get("time", 0)) for c in ET.parse(os.environ["JUNIT"]).iter("testcase")}
     result = dict(
@@ -51,7 +44,7 @@ def main(repo: str, out: str) -> None:
         git_commit=git(repo, "rev-parse", "HEAD"),
         git_dirty=bool(git(repo, "status", "--porcelain")),
         command=".ci/run (CI_TIMES_OUT set)",
-        machine=dict(cpu=cpu_model(), cores=os.cpu_count()),
+        machine=machine_info(),
         packages={d: metadata.version(d) for d in ("fusion-bench-fw", "fusion-bench", "torch", "transformers")},
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
