@@ -154,14 +154,11 @@ def resolved_method(log_dir: Path) -> dict | None:
 
 def composed_method(args: Sequence[str]) -> dict:
     """The method's options as ``fusion_bench *args`` would resolve them, composed here (for --reuse)."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import compose_fusion_bench
 
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        cfg = compose("fabric_model_fusion", overrides=list(args))
-    return OmegaConf.to_container(cfg.method, resolve=False)
+    return OmegaConf.to_container(compose_fusion_bench(args).method, resolve=False)
 
 
 REUSE_MUST_MATCH = ("code_id", "packages", "build_id")

@@ -71,16 +71,14 @@ def fw_samples_overrides(train_paths: dict[str, str], n_per_task: int, seed: int
 
 def train_paths(modelpool: str, tasks: list[str], env: dict[str, str]) -> dict[str, str]:
     """Each task's train split folder, as the composed model pool names it."""
-    from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import compose_fusion_bench
 
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-            cfg = compose("fabric_model_fusion", overrides=[f"modelpool={modelpool}"])
+        cfg = compose_fusion_bench([f"modelpool={modelpool}"])
         datasets = OmegaConf.to_container(cfg.modelpool.train_datasets, resolve=True)
     finally:
         for k, v in saved.items():

@@ -9,13 +9,9 @@ from pathlib import Path
 def compose(*overrides: str):
     """FusionBench's root config as ``fusion_bench <overrides>`` composes it, with this plugin's
     search path (the tests' one Hydra compose)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import compose_fusion_bench
 
-    from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-        return hydra_compose("fabric_model_fusion", overrides=list(overrides))
+    return compose_fusion_bench(overrides)
 
 
 def method_config(overrides, modelpool: str = "fw_tiny_clip"):

@@ -52,21 +52,11 @@ def is_method(init: str) -> bool:
 
 def compose_method(init: str, options: Mapping | None = None):
     """The method's config as ``fusion_bench method=<name>`` composes it, ``options`` merged over it."""
-    from hydra import compose
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    overrides = [f"method={method_config_name(init)}"]
-    if GlobalHydra.instance().is_initialized():  # inside the fusion_bench CLI: its own search path
-        cfg = compose(config_name="fabric_model_fusion", overrides=overrides)
-    else:  # the Python API: FusionBench's configs with this plugin's
-        from hydra import initialize_config_dir
+    from hydra_plugins.fusion_bench_fw.searchpath import compose_fusion_bench
 
-        from hydra_plugins.fusion_bench_fw.searchpath import fusion_bench_config_dir
-
-        with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
-            cfg = compose(config_name="fabric_model_fusion", overrides=overrides)
-    method = cfg.method
+    method = compose_fusion_bench([f"method={method_config_name(init)}"]).method
     if options:
         method = OmegaConf.merge(method, OmegaConf.create(dict(options)))
     return method

@@ -38,6 +38,20 @@ def plugin_config_dir() -> str | None:
     return None
 
 
+def compose_fusion_bench(overrides=()):
+    """FusionBench's root config (``fabric_model_fusion``) as ``fusion_bench <overrides>`` composes it,
+    with this plugin's configs found: inside the ``fusion_bench`` CLI (Hydra already initialised) on
+    its own search path, elsewhere (the Python API, scripts, tests) from FusionBench's config dir. The
+    one place this package composes a config outside the CLI."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="fabric_model_fusion", overrides=list(overrides))
+    with initialize_config_dir(config_dir=fusion_bench_config_dir(), version_base=None):
+        return compose(config_name="fabric_model_fusion", overrides=list(overrides))
+
+
 def fusion_bench_config_dir() -> str | None:
     """FusionBench's installed config directory (the one holding ``fabric_model_fusion.yaml``)."""
     try:
