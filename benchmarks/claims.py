@@ -235,6 +235,30 @@ CLAIMS = (
         _beats("fw_soft", "task_arithmetic"),
     ),
     Claim(
+        "FW-soft from TSV-M's merge (method.init=tsv_m, alpha 1.0, FW-soft's defaults otherwise) beats TSV-M with "
+        "alpha tuned on validation on mini_TA8, beyond the spread over 3 builds",
+        ("leaderboard_mini_TA8_builds_fw_start/leaderboard.json", "leaderboard_mini_TA8_builds/leaderboard.json"),
+        _beats_across("fw_soft_from_tsv_m", "tsv_m@val"),
+    ),
+    Claim(
+        "FW-soft from TSV-M's merge beats WUDI with its iterations tuned on validation on mini_TA8, beyond the "
+        "spread over 3 builds",
+        ("leaderboard_mini_TA8_builds_fw_start/leaderboard.json", "leaderboard_mini_TA8_builds/leaderboard.json"),
+        _beats_across("fw_soft_from_tsv_m", "wudi@val"),
+    ),
+    Claim(
+        "FW-soft from TSV-M's merge beats FW-soft from the pretrained model (the default) on mini_TA8, beyond the "
+        "spread over 3 builds",
+        ("leaderboard_mini_TA8_builds_fw_start/leaderboard.json", "leaderboard_mini_TA8_builds/leaderboard.json"),
+        _beats_across("fw_soft_from_tsv_m", "fw_soft"),
+    ),
+    Claim(
+        "FW-hard from TSV-M's merge (alpha 1.5, 15 iterations: chosen on validation) beats TSV-M tuned on "
+        "validation on mini_TA8, beyond the spread over 3 builds",
+        ("leaderboard_mini_TA8_builds_fw_start/leaderboard.json", "leaderboard_mini_TA8_builds/leaderboard.json"),
+        _beats_across("fw_hard_from_tsv_m@val", "tsv_m@val"),
+    ),
+    Claim(
         "FW-hard (default) beats Task Arithmetic(0.3) on mini_TA8, beyond the spread over 3 builds",
         ("leaderboard_mini_TA8_builds/leaderboard.json",),
         _beats("fw_hard", "task_arithmetic"),
