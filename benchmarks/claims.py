@@ -203,6 +203,18 @@ CLAIMS = (
         _no_worse("noisy", "fw_soft", 16),
     ),
     Claim(
+        "With the hold-out guard, adding noise-trained models does not hurt FW-soft (mini, 4 targets + 16, "
+        "validation splits, one build)",
+        ("guard_noisy_val/scaling.json",),
+        _no_worse("noisy", "fw_soft_guard", 16),
+    ),
+    Claim(
+        "With the hold-out guard, adding noise-trained models does not hurt FW-hard (mini, 4 targets + 16, "
+        "validation splits, one build)",
+        ("guard_noisy_val/scaling.json",),
+        _no_worse("noisy", "fw_hard_guard", 16),
+    ),
+    Claim(
         "Adding irrelevant text models does not hurt FW-hard (MiniLM, 4 targets + 5)",
         ("scaling_text/scaling.json",),
         _no_worse("irrelevant", "fw_hard", 5),
