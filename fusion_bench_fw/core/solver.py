@@ -113,10 +113,11 @@ def frank_wolfe(
         log.info(
             "FW-%s t=%d loss=%.5f gap=%.4g selected=%s", config.variant, t, record.loss, record.gap, record.selected
         )
-        if run.guard and run.guard.stop:
-            run.history.stop_reason = run.guard.stop
+        stop = run.guard.stop if run.guard else None  # the guard ends a run it cannot move further
+        if stop:
+            run.history.stop_reason = stop
         run.finish(record, checkpoint_path, on_iteration)
-        if run.guard and run.guard.stop:
+        if stop:
             break
     run.history.final_loss = objective.loss(run.theta)
     run.history.coefficients = run.coefficients_list()
