@@ -181,6 +181,30 @@ def _beats_best(method: str, rivals: tuple[str, ...]):
     return decide
 
 
+def _tuned_row(data: dict, method: str) -> dict:
+    """A ``tuning.json``'s method at its validation-chosen setting, as a leaderboard row."""
+    entry = next(m for m in data["methods"] if m["method"] == method)
+    return {"average": entry["test_chosen"]["average"], "build_id": entry["provenance"]["build_id"]}
+
+
+def _tuned_vs(method: str, rival: str, at_least: bool = False):
+    """``method`` (of the first ``tuning.json``) against ``rival`` (of the second), each at its
+    validation-chosen setting, on test and on the same build: above it by more than the spread
+    (:func:`_above`), or, with ``at_least``, not below it."""
+
+    def decide(data, rival_data):
+        a, b = _tuned_row(data, method), _tuned_row(rival_data, rival)
+        if a["build_id"] != b["build_id"]:
+            return False, f"not the same build ({a['build_id']} vs {b['build_id']})"
+        if at_least:
+            return a["average"] >= b[
+                "average"
+            ], f"{method} {100 * a['average']:.1f} vs {rival} {100 * b['average']:.1f}"
+        return _above(a, b, method, rival)
+
+    return decide
+
+
 CLAIMS = (
     Claim(
         "Adding irrelevant models (other real tasks') does not hurt FW-hard (mini, 4 targets + 16)",
@@ -269,6 +293,16 @@ CLAIMS = (
         "validation on mini_TA8, beyond the spread over 3 builds",
         ("leaderboard_mini_TA8_builds_fw_start/leaderboard.json", "leaderboard_mini_TA8_builds/leaderboard.json"),
         _beats_across("fw_hard_from_tsv_m@val", "tsv_m@val"),
+    ),
+    Claim(
+        "With 20 targets FW-soft (default) at least matches FW-hard (default) (mini_TALL20, one build)",
+        ("fw_targets_mini_TALL20/tuning.json", "fw_targets_mini_TALL20/tuning.json"),
+        _tuned_vs("fw_soft", "fw_hard", at_least=True),
+    ),
+    Claim(
+        "With 20 targets FW-soft from TSV-M's merge beats TSV-M with alpha tuned on validation (mini_TALL20, one build)",
+        ("fw_targets_mini_TALL20/tuning.json", "tune_mini_TALL20/tuning.json"),
+        _tuned_vs("fw_soft_from_tsv_m", "tsv_m"),
     ),
     Claim(
         "FW-hard (default) beats Task Arithmetic(0.3) on mini_TA8, beyond the spread over 3 builds",

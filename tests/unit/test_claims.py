@@ -48,3 +48,18 @@ def test_the_checker_catches_what_it_should(claims, tmp_path, monkeypatch):
     assert claims.check_figures("61.2<!-- r: r.json#rows/method=x/average|% -->", {})  # no such row
     assert claims.check_figures("61.2<!-- r: missing.json#a|% -->", {})  # no such file
     assert claims.write_figures("1.0<!-- r: r.json#rows/method=m/average|% -->", {}).startswith("61.2<!--")
+
+
+def test_tuned_comparisons_need_the_same_build_and_a_margin(claims):
+    """``_tuned_vs`` reads each tuning file's test score at its validation-chosen setting: above the
+    one-build spread, or at least level; two builds are never compared."""
+
+    def tuning(method, average, build="b0"):
+        return {"methods": [{"method": method, "test_chosen": {"average": average}, "provenance": {"build_id": build}}]}
+
+    beats, level = claims._tuned_vs("fw", "tsv"), claims._tuned_vs("fw", "tsv", at_least=True)
+    assert beats(tuning("fw", 0.60), tuning("tsv", 0.58))[0]
+    assert not beats(tuning("fw", 0.60), tuning("tsv", 0.595))[0]  # within the 1-point spread
+    assert level(tuning("fw", 0.60), tuning("tsv", 0.60))[0] and not level(tuning("fw", 0.59), tuning("tsv", 0.60))[0]
+    held, why = beats(tuning("fw", 0.9), tuning("tsv", 0.1, build="b1"))
+    assert not held and "not the same build" in why
