@@ -119,7 +119,7 @@ def run_scaling(
     """Every experiment's runs. ``layout`` (default: ``manifest``) names the pool's models with
     their groups (``models``), its ``tasks`` and its ``targets``; ``manifest`` is the build's, for
     provenance. ``split``: ``test`` (the reported numbers) or ``val`` (the validation twin of the task
-    pool, for choosing defaults; tasks without a validation split are left out of the scores)."""
+    pool, for choosing defaults)."""
     layout = layout or manifest
     all_models = list(layout["models"])
     tasks, targets = layout["tasks"], layout["targets"]
@@ -132,7 +132,6 @@ def run_scaling(
         split=split,
         experiments={},
     )
-    scored = [t for t in tasks if split == "test" or has_val(bench, t)]  # the tasks the task pool holds
     taskpool = bench["pools"][1] + ("_val" if split == "val" else "")
     done: dict[tuple, dict] = {}  # identical (pool, eval tasks, method) runs are shared
     for exp in experiments:
@@ -140,7 +139,7 @@ def run_scaling(
         print(f"[{exp}]", flush=True)
         for count, members, eval_tasks in plan(exp, layout["models"], tasks, targets, counts):
             drop = [m for m in all_models if m not in members]
-            drop_eval = [f"~taskpool.test_datasets.{t}" for t in scored if t not in eval_tasks]
+            drop_eval = [f"~taskpool.test_datasets.{t}" for t in tasks if t not in eval_tasks]
             for method in methods:
                 key = (tuple(members), tuple(eval_tasks), method)
                 if key not in done:
@@ -164,15 +163,6 @@ def run_scaling(
                 rows.append(done[key].row(added=count, pool_size=len(members), method=method))
         results["experiments"][exp] = rows
     return results
-
-
-def has_val(bench: dict, task: str) -> bool:
-    """Whether ``task`` has a validation split (the mini benchmark's digits tasks do not)."""
-    if bench is MINI:
-        from fusion_bench_fw.offline.minibench.configs import has_val as mini_has_val
-
-        return mini_has_val(task)
-    return True
 
 
 def to_markdown(results: dict) -> str:

@@ -307,7 +307,8 @@ def to_markdown(result: dict) -> str:
         f"taskpool={result['taskpool']}",
         "",
         f"Budget: {result['budget']} settings per method. Average accuracy (%); test over {len(result['tasks'])} tasks, "
-        "selection over the tasks the selection split has (the mini benchmark's digits tasks have no validation split). "
+        "selection over the tasks the selection split has (each method's `selection_tasks` in the JSON; builds of the "
+        "mini benchmark before its data version 3 have no validation split for the digits tasks). "
         f"The data-matched rows choose on FW's own labelled samples ({result['fw_samples']}), not on validation.",
         *_provenance_lines(result),
         "",

@@ -16,7 +16,6 @@ from omegaconf import OmegaConf
 
 from fusion_bench_fw.offline import minibench, textbench, tiny_clip
 from fusion_bench_fw.offline.minibench import builder, sources
-from fusion_bench_fw.offline.minibench.tasks import BASE_TASKS
 
 
 def _hashes(images) -> set[str]:
@@ -80,28 +79,29 @@ def _synthetic_sources():
 def _check_mini_splits(srcs, params):
     """Every model of the full build: its task's train, val and test images (in the task's style)
     share none; and each validation image (before any style) is in no model's train slice and no
-    test set of its source. The digits tasks have no validation split (sources.py)."""
+    test set of its source."""
     builder.check_fashion_val(params, len(srcs.fashion_pool[0]))
     used = {src: set() for src in ("fashion", "mnist", "digits")}  # source images in a train slice or test set
     val = {}
     for position, spec in enumerate(minibench.model_specs(params.n_noisy)):
         styled = builder.task_data(srcs, spec, params, position)
-        h = {split: None if xy is None else _hashes(xy[0]) for split, xy in styled.items()}
+        h = {split: _hashes(xy[0]) for split, xy in styled.items()}
         assert h["train"].isdisjoint(h["test"]), spec.name
         raw = builder.source_data(srcs, spec, params, position)
         used[spec.task.source] |= _hashes(raw["train"][0]) | _hashes(raw["test"][0])
-        if spec.task.source == "digits":
-            assert h["val"] is None, spec.name
-            continue
         assert h["val"].isdisjoint(h["train"]) and h["val"].isdisjoint(h["test"]), spec.name
         n_val = params.n_val if spec.group == "task" else params.n_val_other
-        assert len(h["val"]) == (min(n_val, 1000) if spec.task.source == "mnist" else n_val), spec.name
+        cap = {"mnist": 1000, "digits": sources.DIGITS_VAL}.get(spec.task.source, n_val)
+        assert len(h["val"]) == min(n_val, cap), spec.name
         val[spec.name] = (spec.task.source, _hashes(raw["val"][0]))
     for name, (src, hashes) in val.items():
         assert hashes.isdisjoint(used[src]), name
     # where validation comes from: Fashion-MNIST's last train images (pre-training never saw them),
-    # MNIST's pre-training slice (pre-training saw it: the caveat sources.py states)
+    # MNIST's pre-training slice (pre-training saw it: the caveat sources.py states), digits that
+    # pre-training never saw (its digits are the digits tasks' train set)
     assert _hashes(srcs.fashion_val[0]).isdisjoint(_hashes(srcs.fashion_pre[0]))
+    assert _hashes(srcs.digits_val[0]).isdisjoint(_hashes(srcs.digits_train[0]))
+    assert len(srcs.digits_val[0]) == sources.DIGITS_VAL
     assert _hashes(srcs.mnist_val[0]) == _hashes(srcs.mnist_pre[0])
 
 
@@ -144,18 +144,16 @@ def _test_paths(taskpool) -> dict[str, str]:
 
 def test_val_taskpools_compose_and_read_the_val_splits(monkeypatch):
     """Each ``*_val`` task pool, composed as ``fusion_bench ... taskpool=NAME`` composes it, scores
-    its test pool's tasks (those with a validation split) on ``data/<task>/val``."""
+    its test pool's tasks, every one, on ``data/<task>/val``."""
     monkeypatch.setenv(minibench.ENV_VAR, "/mini")
     monkeypatch.setenv(textbench.ENV_VAR, "/text")
     monkeypatch.setenv(tiny_clip.ENV_VAR, "/tiny")
     from fusion_bench_fw.offline.minibench.configs import TASKPOOLS
 
-    for name, (_, tasks, left_out) in minibench.val_taskpools().items():
+    for name, (_, tasks) in minibench.val_taskpools().items():
         paths = _test_paths(compose("method=fw_hard", "modelpool=mini_TALL20", f"taskpool={name}").taskpool)
         assert paths == {t: f"/mini/data/{t}/val" for t in tasks}, name
-        assert sorted(tasks + left_out) == sorted(TASKPOOLS[name.removesuffix("_val")][1]), name
-        assert all(BASE_TASKS[t].source == "digits" for t in left_out), name
-    assert not minibench.val_taskpools()["mini_TA4_val"][2]  # the targets all have one
+        assert tasks == TASKPOOLS[name.removesuffix("_val")][1], name
     ta20 = _test_paths(compose("method=fw_hard", "modelpool=mini_TA20", "taskpool=mini_TA20_val").taskpool)
     assert ta20 == {t: f"/mini/data/{t}/val" for t in minibench.TARGETS}
     text = _test_paths(compose("method=fw_hard", "modelpool=text_TA4", "taskpool=text_TA4_val").taskpool)

@@ -9,7 +9,7 @@ local paths, into ``ROOT`` (``$FUSION_BENCH_FW_MINIBENCH_ROOT``, default
   character-level tokenizer of :mod:`fusion_bench_fw.offline.tiny_clip`, a 128-wide 3-layer
   vision tower) pre-trained contrastively on a corpus that shows every source in every style
   (Fashion-MNIST and MNIST slices no task trains, validates or tests on, and sklearn's digits:
-  the digits tasks' train images, never their test images; plain, negative, rotated,
+  the digits tasks' train images, never their validation or test images; plain, negative, rotated,
   upside-down, mirrored-negative), captioned the way the web describes a picture: "a rotated
   drawing of a three.". Task heads use the plain template "a photo of a {class}.", and some
   tasks' labels (parity, size, coarse groups) are never captioned: features serve every task,
@@ -22,9 +22,9 @@ local paths, into ``ROOT`` (``$FUSION_BENCH_FW_MINIBENCH_ROOT``, default
   ``label`` (``ClassLabel`` with the class names), written with ``save_to_disk`` (``data_key.txt``:
   a digest of the content, so a rebuild rewrites only a data set that changed). ``train`` is
   what FW and any data-using method draw from, ``val`` is for choosing hyperparameters and
-  defaults (``taskpool=mini_TA8_val``...), ``test`` gives the reported numbers. Validation was
-  added after the models and test sets, from images neither uses (:mod:`.sources` says where
-  from: the MNIST tasks' are pre-training images, and the digits tasks have none).
+  defaults (``taskpool=mini_TA8_val``...), ``test`` gives the reported numbers. Validation comes
+  from images no model trains on and no test set holds (:mod:`.sources` says where from: the
+  MNIST tasks' are pre-training images).
 * ``manifest.json``: parameters, model list, per-model own-task accuracies (test and
   validation), each data set's split sizes, the task vectors' norms and pairwise cosines, timings.
 
@@ -69,7 +69,7 @@ from .builder import (
     default_root,
     read_manifest,
 )
-from .configs import build_command, has_val, main, pool_contents, render_configs, scope_for, val_taskpools
+from .configs import build_command, main, pool_contents, render_configs, scope_for, val_taskpools
 from .sources import load_fashion
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, model_specs
 
@@ -88,7 +88,6 @@ __all__ = [
     "build",
     "build_command",
     "default_root",
-    "has_val",
     "load_fashion",
     "main",
     "model_specs",

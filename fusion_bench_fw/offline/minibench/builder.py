@@ -19,16 +19,18 @@ from fusion_bench_fw import PRETRAINED
 from .. import builds
 from ..builds import digest, flat, key_matches, task_vector_diagnostics, torch_threads, write_key, write_manifest
 from ..tiny_clip import TEMPLATES, image_embeds, make_processor, text_head
-from .sources import FASHION_VAL, Sources, load_sources
+from .sources import DIGITS_VAL, FASHION_VAL, Sources, load_sources
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, ModelSpec, model_specs, task_images, task_labels
 from .training import finetune, pretrain
 
 ENV_VAR = "FUSION_BENCH_FW_MINIBENCH_ROOT"
-# Bump when the builder's models change for the same parameters (it keys every model).
-BUILDER_VERSION = 3
+# Bump when the builder's models change for the same parameters (it keys every model; 4: the
+# digits' validation split took 300 images from their train set, which pre-training uses too).
+BUILDER_VERSION = 4
 # Bump when the saved data sets change but no model does: it keys the manifest only, so a build
-# over an older root reuses every model and writes what is new (2: the validation splits).
-DATA_VERSION = 2
+# over an older root reuses every model and writes what is new (2: the validation splits; 3: the
+# digits' validation split).
+DATA_VERSION = 3
 
 
 def default_root() -> str:
@@ -70,7 +72,7 @@ class BuildParams:
     n_train_saved: int = 500  # saved train split per task (FW uses 100 of them)
     n_test: int = 1000  # test images per task (digits: all 500 held out)
     n_test_other: int = 300  # test images saved for irrelevant / noisy models (AdaMerging)
-    n_val: int = 1000  # validation images per task (mnist: at most 1,000; digits: none, see sources.py)
+    n_val: int = 1000  # validation images per task (mnist: at most 1,000; digits: at most 300, see sources.py)
     n_val_other: int = 300  # validation images saved for irrelevant / noisy models
     vision_hidden: int = 128  # the vision tower (tiny_clip's text tower and tokenizer are kept)
     vision_layers: int = 3
@@ -191,22 +193,20 @@ def _test_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np
 
 def _val_set(sources: Sources, spec: ModelSpec, n: int, index: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The task's validation images and source labels, derived as :func:`_test_set` derives its
-    test set (None for the digits tasks: no digit is left over, see sources.py)."""
+    test set."""
     src = spec.task.source
     if src == "fashion":
         return _window(*sources.fashion_val, n, index)
-    if src == "mnist":
-        x, y = sources.mnist_val
-        return x[:n], y[:n]
-    return None
+    x, y = sources.mnist_val if src == "mnist" else sources.digits_val
+    return x[:n], y[:n]
 
 
 def source_data(
     sources: Sources, spec: ModelSpec, params: BuildParams, position: int
-) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A model's source images and labels (before its task's style and labels): ``train`` (its
-    whole fine-tuning slice; the saved train split is its first ``n_train_saved``), ``val`` (None
-    for the digits tasks) and ``test``. ``position``: the model's place in the build's model list
+    whole fine-tuning slice; the saved train split is its first ``n_train_saved``), ``val`` and
+    ``test``. ``position``: the model's place in the build's model list
     (the irrelevant and noisy models' windows follow it; a task's follow its place in ALL_TASKS)."""
     index = ALL_TASKS.index(spec.base_task) if spec.base_task in ALL_TASKS else position
     task = spec.group == "task"
@@ -219,10 +219,10 @@ def source_data(
 
 def task_data(
     sources: Sources, spec: ModelSpec, params: BuildParams, position: int
-) -> dict[str, tuple[np.ndarray, np.ndarray] | None]:
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """:func:`source_data` in the task's style: its images and task labels per split."""
     return {
-        split: None if xy is None else (task_images(spec.task, xy[0]), task_labels(spec.task, xy[1]))
+        split: (task_images(spec.task, xy[0]), task_labels(spec.task, xy[1]))
         for split, xy in source_data(sources, spec, params, position).items()
     }
 
@@ -286,7 +286,7 @@ VAL_SOURCE_NOTES = {
     "fashion": f"Fashion-MNIST's last {FASHION_VAL} train images: in no model's train slice, no test set, "
     "not in pre-training",
     "mnist": "the MNIST pre-training slice: in no model's train slice and no test set, but seen by pre-training",
-    "digits": "none: every digit is in the train set (which pre-training also saw) or the test set",
+    "digits": f"{DIGITS_VAL} of sklearn's digits in no model's train slice, no test set, not in pre-training",
 }
 
 
@@ -369,17 +369,15 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
     task_vectors: dict[str, torch.Tensor] = {}
     theta0 = flat(pretrained_vision)  # each task vector is a model's weights minus these
     accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
-    val_accuracies: dict[str, float | None] = {}
+    val_accuracies: dict[str, float] = {}
     splits: dict[str, dict[str, int]] = {}
     bar = tqdm(specs, desc="fine-tuning", disable=not progress, unit="model")
     for i, spec in enumerate(bar):
         bar.set_postfix_str(spec.name)
         # data sets: the real tasks get train + val + test; the others small val and test sets
-        # (AdaMerging); the digits tasks no val (sources.py)
+        # (AdaMerging)
         data = task_data(sources, spec, params, i)
-        (x_tr, y_tr), (x_te, y_te), val = data["train"], data["test"], data["val"]
-        if val is not None:
-            x_va, y_va = val
+        (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data["train"], data["val"], data["test"]
         if spec.group != "relevant":  # extra checkpoints evaluate on their task's data sets
             data_dir = os.path.join(root, "data", spec.name)
             os.makedirs(data_dir, exist_ok=True)
@@ -390,12 +388,11 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
                     y_tr[: params.n_train_saved],
                     spec.task.classnames,
                 )
-            if val is not None:
-                _save_dataset(os.path.join(data_dir, "val"), x_va, y_va, spec.task.classnames)
+            _save_dataset(os.path.join(data_dir, "val"), x_va, y_va, spec.task.classnames)
             _save_dataset(os.path.join(data_dir, "test"), x_te, y_te, spec.task.classnames)
             splits[spec.name] = {
                 "train": min(params.n_train_saved, len(x_tr)) if spec.group == "task" else 0,
-                "val": 0 if val is None else len(x_va),
+                "val": len(x_va),
                 "test": len(x_te),
             }
 
@@ -419,21 +416,19 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
             write_key(model_dir, mkey)
         task_vectors[spec.name] = flat(vm) - theta0
         acc = accuracy(vm, px_te, y_te, spec.task.classnames)
-        px_va = None if val is None else pixels(x_va)
+        px_va = pixels(x_va)
         if spec.group in ("task", "relevant"):
             accuracies[PRETRAINED].setdefault(
                 spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames)
             )
             if spec.base_task not in val_accuracies:
-                val_accuracies[spec.base_task] = (
-                    None if val is None else accuracy(pretrained_vision, px_va, y_va, spec.task.classnames)
-                )
+                val_accuracies[spec.base_task] = accuracy(pretrained_vision, px_va, y_va, spec.task.classnames)
         manifest_models[spec.name] = {
             "group": spec.group,
             "task": spec.base_task,
             "classnames": list(spec.task.classnames),
             "own_test_accuracy": acc,
-            "own_val_accuracy": None if val is None else accuracy(vm, px_va, y_va, spec.task.classnames),
+            "own_val_accuracy": accuracy(vm, px_va, y_va, spec.task.classnames),
             "train_images": int(len(x_tr)),
         }
         bar.set_postfix_str(f"{spec.name} acc {acc:.3f}")

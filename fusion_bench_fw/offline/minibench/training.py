@@ -64,7 +64,7 @@ def pretrain(params: BuildParams, sources: Sources, processor, pixels, progress:
     # source -> (images, fine labels). Fashion and MNIST: slices no task trains or tests on. The
     # digits: the digits tasks' own train images (sklearn's 1,797 leave no third slice), so the
     # pre-trained model has seen those tasks' train images, captioned with their digit, though
-    # never their test images.
+    # never their validation or test images.
     corpus = {
         "fashion": sources.fashion_pre,
         "mnist": sources.mnist_pre,
