@@ -49,7 +49,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -62,7 +61,7 @@ import numpy as np
 
 from fusion_bench_fw import PRETRAINED
 
-from .builds import read_manifest
+from .builds import read_manifest, write_manifest
 
 ENV_VAR = "FUSION_BENCH_FW_TINY_ROOT"
 TEMPLATES = ("a photo of a {}.",)
@@ -430,30 +429,88 @@ def _draw_set(task: str, n: int, rng: np.random.Generator, shift_fraction: float
     return [spec.draw(int(y), rng, bool(s)) for y, s in zip(ys, shifted)], [int(y) for y in ys]
 
 
-def _build(root: str, build: BuildParams, verbose: bool) -> dict:
+def pretraining_corpus(build, to_pixels) -> tuple[list[str], tuple]:
+    """The captions ``"a photo of a {classname}."`` of every task of ``build``, and the generated
+    pre-training corpus: ``build.n_pretrain`` plain-style images per task (``to_pixels``: a list of
+    arrays to a batch), their caption indices, and each caption's task index."""
+    import torch
+
+    captions, offsets, caption_task = [], {}, []
+    for i, t in enumerate(build.tasks):
+        offsets[t] = len(captions)
+        captions += [TEMPLATES[0].format(c) for c in TASKS[t].classnames]
+        caption_task += [i] * len(TASKS[t].classnames)
+    corpus_x, corpus_y = [], []
+    for t in build.tasks:
+        xs, ys = _draw_set(t, build.n_pretrain, _rng(build.seed, "pretrain", t), 0.0)
+        corpus_x.append(to_pixels(xs))
+        corpus_y.append(torch.tensor(ys) + offsets[t])
+    return captions, (torch.cat(corpus_x), torch.cat(corpus_y), torch.tensor(caption_task))
+
+
+def contrastive_pretrain(model, embed_images, embed_texts, logit_scale, corpus, build) -> None:
+    """CLIP's symmetric contrastive loss on ``corpus`` (:func:`pretraining_corpus`), ``build.pretrain_steps``
+    AdamW steps on every parameter of ``model``; ``embed_images(pixels)`` and ``embed_texts()`` (all
+    captions) give normalised embeddings, ``logit_scale()`` the log temperature. Leaves ``model``
+    frozen in eval mode.
+
+    The negatives are the other captions / images *of the same task* (tasks overlap visually: a
+    quadrant image is also a "small square"): image -> its caption, and each caption in the batch ->
+    the images that carry it."""
     import torch
     import torch.nn.functional as F
+
+    corpus_x, corpus_y, caption_task = corpus
+    gen = torch.Generator().manual_seed(build.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=build.pretrain_lr, weight_decay=0.0)
+    model.train()
+    for _ in range(build.pretrain_steps):
+        idx = torch.randperm(len(corpus_x), generator=gen)[: build.batch_size]
+        y = corpus_y[idx]
+        txt = embed_texts()
+        logits = logit_scale().exp() * embed_images(corpus_x[idx]) @ txt.t()
+        same_task = caption_task[None, :] == caption_task[y][:, None]  # (images, captions)
+        loss_img = F.cross_entropy(logits.masked_fill(~same_task, float("-inf")), y)
+        present = torch.unique(y)
+        match = (y[None, :] == present[:, None]).float()  # (captions present, images)
+        per_caption = logits[:, present].t().masked_fill(~same_task[:, present].t(), float("-inf"))
+        log_p = torch.log_softmax(per_caption, dim=-1).masked_fill(match == 0, 0.0)
+        loss_txt = -(log_p * match / match.sum(1, keepdim=True)).sum(1).mean()
+        opt.zero_grad()
+        (loss_img + loss_txt).backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+
+
+def finetune(model, logits_of, x, y, name: str, build) -> None:
+    """Fine-tune ``model`` with cross-entropy of ``logits_of(images)`` (a frozen zero-shot head, as in
+    Task Arithmetic) on ``(x, y)``: ``build.finetune_steps`` AdamW steps on shuffled batches drawn
+    from a generator of the seed and ``name``. Leaves ``model`` frozen in eval mode."""
+    import torch
+    import torch.nn.functional as F
+
+    model.train().requires_grad_(True)
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{build.seed}/finetune/{name}".encode()))
+    opt = torch.optim.AdamW(model.parameters(), lr=build.finetune_lr, weight_decay=0.0)
+    for _ in range(build.finetune_steps):
+        idx = torch.randperm(len(x), generator=gen)[: build.batch_size]
+        loss = F.cross_entropy(logits_of(x[idx]), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval().requires_grad_(False)
+
+
+def write_task_data(root: str, build) -> tuple[dict, dict, dict, dict, dict]:
+    """Every data set of a build under ``root/data/<name>/<split>`` (``save_to_disk``): each task of
+    ``build.tasks`` and, for ``build.irrelevant``, its label-permuted copies. Returns ``spec`` (name ->
+    (base task, label map or None)), the images and labels (name -> split -> list), the files written
+    (relative path -> None) and the split sizes. ``build``: :class:`BuildParams`' data fields."""
     from datasets import ClassLabel, Dataset, Features
     from datasets import Image as ImageFeature
     from PIL import Image
-    from transformers import CLIPVisionModel
 
-    t_start = time.perf_counter()
     seed, tasks = build.seed, build.tasks
-    os.makedirs(root, exist_ok=True)
-    for sub in ("manifest.json", "models", "data"):
-        path = os.path.join(root, sub)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        elif os.path.exists(path):
-            os.remove(path)
-
-    processor = make_processor()
-
-    def to_pixels(arrays: list[np.ndarray]):
-        return processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")["pixel_values"]
-
-    # ---- data sets: name -> (base task, label map or None) --------------------------------
     irr = irrelevant_names(tasks, build.irrelevant)
     spec: dict[str, tuple] = {t: (t, None) for t in tasks}
     for name, base, shift in irr:
@@ -482,49 +539,47 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
                 os.path.join(root, rel)
             )
             files[os.path.join(rel, "dataset_info.json")] = None
+    return spec, arrays, labels, files, sizes
+
+
+def _build(root: str, build: BuildParams, verbose: bool) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from PIL import Image
+    from transformers import CLIPVisionModel
+
+    t_start = time.perf_counter()
+    seed, tasks = build.seed, build.tasks
+    os.makedirs(root, exist_ok=True)
+    for sub in ("manifest.json", "models", "data"):
+        path = os.path.join(root, sub)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+    processor = make_processor()
+
+    def to_pixels(arrays: list[np.ndarray]):
+        return processor(images=[Image.fromarray(a) for a in arrays], return_tensors="pt")["pixel_values"]
+
+    spec, arrays, labels, files, sizes = write_task_data(root, build)
     pixels = {t: {s: to_pixels(arrays[t][s]) for s in sizes} for t in tasks}
     targets = {name: {s: torch.tensor(ys) for s, ys in labels[name].items()} for name in spec}
     _log(verbose, f"data written ({time.perf_counter() - t_start:.1f}s)")
 
     # ---- contrastive pre-training of the whole CLIP on a generated corpus ------------------
     clip = make_clip_model(processor, seed)
-    captions, offsets, caption_task = [], {}, []
-    for i, t in enumerate(tasks):
-        offsets[t] = len(captions)
-        captions += [TEMPLATES[0].format(c) for c in TASKS[t].classnames]
-        caption_task += [i] * len(TASKS[t].classnames)
-    caption_task = torch.tensor(caption_task)
+    captions, corpus = pretraining_corpus(build, to_pixels)
     text_inputs = processor(text=captions, return_tensors="pt", padding=True)
-    corpus_x, corpus_y = [], []
-    for t in tasks:
-        xs, ys = _draw_set(t, build.n_pretrain, _rng(seed, "pretrain", t), 0.0)
-        corpus_x.append(to_pixels(xs))
-        corpus_y.append(torch.tensor(ys) + offsets[t])
-    corpus_x, corpus_y = torch.cat(corpus_x), torch.cat(corpus_y)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(clip.parameters(), lr=build.pretrain_lr, weight_decay=0.0)
-    clip.train()
-    for _ in range(build.pretrain_steps):
-        idx = torch.randperm(len(corpus_x), generator=gen)[: build.batch_size]
-        y = corpus_y[idx]
-        txt = F.normalize(clip.text_projection(clip.text_model(**text_inputs)[1]), dim=-1)
-        logits = (
-            clip.logit_scale.exp() * image_embeds(clip.vision_model, clip.visual_projection, corpus_x[idx]) @ txt.t()
-        )
-        # CLIP's symmetric loss, with the other captions / images *of the same task* as the
-        # negatives (tasks overlap visually: a quadrant image is also a "small square"):
-        # image -> its caption, and each caption in the batch -> the images that carry it.
-        same_task = caption_task[None, :] == caption_task[y][:, None]  # (images, captions)
-        loss_img = F.cross_entropy(logits.masked_fill(~same_task, float("-inf")), y)
-        present = torch.unique(y)
-        match = (y[None, :] == present[:, None]).float()  # (captions present, images)
-        per_caption = logits[:, present].t().masked_fill(~same_task[:, present].t(), float("-inf"))
-        log_p = torch.log_softmax(per_caption, dim=-1).masked_fill(match == 0, 0.0)
-        loss_txt = -(log_p * match / match.sum(1, keepdim=True)).sum(1).mean()
-        opt.zero_grad()
-        (loss_img + loss_txt).backward()
-        opt.step()
-    clip.eval().requires_grad_(False)
+    contrastive_pretrain(
+        clip,
+        lambda images: image_embeds(clip.vision_model, clip.visual_projection, images),
+        lambda: F.normalize(clip.text_projection(clip.text_model(**text_inputs)[1]), dim=-1),
+        lambda: clip.logit_scale,
+        corpus,
+        build,
+    )
     pre_dir = os.path.join(root, "models", PRETRAINED)
     clip.save_pretrained(pre_dir)
     processor.save_pretrained(pre_dir)
@@ -543,18 +598,15 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
 
     vision_models = {PRETRAINED: pretrained_vision().eval()}
     for name, (base, _) in spec.items():
-        vm = pretrained_vision().train()
-        gen = torch.Generator().manual_seed(zlib.crc32(f"{seed}/finetune/{name}".encode()))
-        opt = torch.optim.AdamW(vm.parameters(), lr=build.finetune_lr, weight_decay=0.0)
-        x, y = pixels[base]["train"], targets[name]["train"]
-        for _ in range(build.finetune_steps):
-            idx = torch.randperm(len(x), generator=gen)[: build.batch_size]
-            logits = scale * image_embeds(vm, projection, x[idx]) @ heads[base].t()
-            loss = F.cross_entropy(logits, y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        vm.eval().requires_grad_(False)
+        vm = pretrained_vision()
+        finetune(
+            vm,
+            lambda images, vm=vm, base=base: scale * image_embeds(vm, projection, images) @ heads[base].t(),
+            pixels[base]["train"],
+            targets[name]["train"],
+            name,
+            build,
+        )
         vm.save_pretrained(os.path.join(root, "models", name))
         vision_models[name] = vm
     _log(verbose, f"fine-tuned {len(spec)} models ({time.perf_counter() - t_start:.1f}s)")
@@ -591,7 +643,8 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
         "pretrained": os.path.join("models", PRETRAINED),
         "tasks": {t: task_entry(t, t) for t in tasks},
         "irrelevant": {
-            name: dict(task_entry(name, base), base_task=base, label_shift=shift) for name, base, shift in irr
+            name: dict(task_entry(name, base), base_task=base, label_shift=shift)
+            for name, base, shift in irrelevant_names(tasks, build.irrelevant)
         },
         "accuracy": accuracy["test"],
         "val_accuracy": accuracy["val"],
@@ -599,36 +652,44 @@ def _build(root: str, build: BuildParams, verbose: bool) -> dict:
         "files": dict(sorted(files.items())),
         "build_seconds": round(time.perf_counter() - t_start, 2),
     }
-    tmp = os.path.join(root, "manifest.json.tmp")
-    with open(tmp, "w") as f:
-        json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))  # last: marks the build complete
+    write_manifest(root, manifest)  # last: marks the build complete
     return manifest
 
 
-def main(argv: Iterable[str] | None = None) -> int:
-    defaults = BuildParams()
-    parser = argparse.ArgumentParser(
-        prog="python -m fusion_bench_fw.offline.tiny_clip",
-        description=f"Build the tiny offline CLIP pool into ROOT; then export {ENV_VAR}=ROOT.",
-    )
+def build_arg_parser(prog: str, what: str, env_var: str, params_cls) -> argparse.ArgumentParser:
+    """The command line of a tiny builder: ROOT, ``--tasks``, one option per field of ``params_cls``
+    (a dataclass of defaults), ``--force``."""
+    defaults = params_cls()
+    parser = argparse.ArgumentParser(prog=prog, description=f"Build the {what} into ROOT; then export {env_var}=ROOT.")
     parser.add_argument("root", help="output folder")
     parser.add_argument("--tasks", nargs="+", default=list(defaults.tasks), choices=list(TASKS))
-    for f in fields(BuildParams):
+    for f in fields(params_cls):
         if f.name != "tasks":
-            kind = float if isinstance(getattr(defaults, f.name), float) else int
-            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=getattr(defaults, f.name))
+            value = getattr(defaults, f.name)
+            kind = float if isinstance(value, float) else str if isinstance(value, str) else int
+            parser.add_argument("--" + f.name.replace("_", "-"), type=kind, default=value)
     parser.add_argument("--force", action="store_true", help="rebuild even if the manifest matches")
+    return parser
+
+
+def print_accuracy(accuracy: dict[str, dict[str, float]], names: Sequence[str]) -> None:
+    """The builder's table: each model (rows) on each test set (columns)."""
+    width = max(len(n) for n in [PRETRAINED, *names])
+    print("accuracy of each model (rows) on each test set (columns):")
+    print(" " * width + "".join(f"  {n[:16]:>16}" for n in names))
+    for model_name, row in accuracy.items():
+        print(f"{model_name:<{width}}" + "".join(f"  {row[n]:>16.3f}" for n in names))
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_arg_parser(
+        "python -m fusion_bench_fw.offline.tiny_clip", "tiny offline CLIP pool", ENV_VAR, BuildParams
+    )
     args = vars(parser.parse_args(None if argv is None else list(argv)))
     root, force = args.pop("root"), args.pop("force")
     t0 = time.perf_counter()
     manifest = build_tiny_clip_pool(root, force=force, verbose=True, **args)
-    names = list(manifest["tasks"]) + list(manifest["irrelevant"])
-    width = max(len(n) for n in [PRETRAINED, *names])
-    print("accuracy of each model (rows) on each test set (columns):")
-    print(" " * width + "".join(f"  {n[:16]:>16}" for n in names))
-    for model_name, row in manifest["accuracy"].items():
-        print(f"{model_name:<{width}}" + "".join(f"  {row[n]:>16.3f}" for n in names))
+    print_accuracy(manifest["accuracy"], list(manifest["tasks"]) + list(manifest["irrelevant"]))
     print(f"root: {manifest['root']} (build {manifest['build_seconds']}s; this call {time.perf_counter() - t0:.1f}s)")
     print(f"export {ENV_VAR}={manifest['root']}")
     return 0
