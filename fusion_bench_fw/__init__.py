@@ -14,9 +14,10 @@ _LAZY = {
     "FWSoft": "fusion_bench_fw.fusionbench.algorithms",
     "CLIPVisionModelPoolWithTasks": "fusion_bench_fw.fusionbench.modelpool",
     "SequenceClassificationBackbonePool": "fusion_bench_fw.fusionbench.modelpool",
+    "OpenCLIPVisionModelPool": "fusion_bench_fw.fusionbench.openclip_pool",  # needs open_clip
 }
 
-__all__ = list(_LAZY)
+__all__ = [name for name in _LAZY if name != "OpenCLIPVisionModelPool"]  # that one needs open_clip
 
 
 def __getattr__(name):

@@ -55,6 +55,7 @@ from fusion_bench_fw.core.stores import (
 from fusion_bench_fw.core.vertices import VertexPlan
 from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
+from . import openclip
 from .objectives import pool_kind
 from .objectives.sampling import load_train_sets
 from .options import RunOptions
@@ -155,7 +156,8 @@ def read_pool(modelpool, options: RunOptions, cache_dir: str, clip_only: str | N
             check_sample_count(task, len(dataset), options.n_per_task, options.allow_fewer_samples, guard_samples)
     conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
     models = list(modelpool.model_names)
-    check = CompatibilityCheck(shapes, list(template.state_dict()), options.on_incompatible)
+    hint = (lambda name: openclip.mismatch_hint(modelpool, name)) if kind == "openclip" else None
+    check = CompatibilityCheck(shapes, list(template.state_dict()), options.on_incompatible, hint)
     kept = read_candidates(modelpool, models, shapes, options.store, cache_dir, conv1d, keep=check)
     check.finish(kept, len(models))
     pool = PoolContents(kind, targets, template, shapes, train_sets, models, kept, check.dropped)
@@ -226,7 +228,12 @@ def load_model_checked(modelpool, name: str) -> nn.Module:
 
 
 def load_template(modelpool) -> nn.Module:
-    """The pool's pretrained model, this run's own copy: the merge is written into it."""
+    """The pool's pretrained model, this run's own copy: the merge is written into it. An OpenCLIP
+    pool's ``zeroshot.pt`` is read by :func:`.openclip.load_pool_encoder` (FusionBench 0.2.33's own
+    loader cannot read it with torch 2.6+)."""
+    template = openclip.load_pool_encoder(modelpool, PRETRAINED) if openclip.is_openclip_pool(modelpool) else None
+    if template is not None:
+        return template
     template = load_model_checked(modelpool, PRETRAINED)
     if modelpool.has_instance_models:  # the pool hands out its own object: never touch it
         template = copy.deepcopy(template)
@@ -250,6 +257,22 @@ def local_safetensors_file(entry) -> str | None:
         return entry
     candidate = os.path.join(entry, "model.safetensors")
     return candidate if os.path.isfile(candidate) else None
+
+
+def spill_entry(modelpool, name: str):
+    """What a spilled candidate is keyed on: its pool entry; an OpenCLIP checkpoint's file (path, size,
+    modification time), whatever the form of its entry."""
+    entry = pool_entry(modelpool, name)
+    if openclip.is_openclip_pool(modelpool):
+        return openclip.spill_key(entry) or entry
+    return entry
+
+
+def load_state(modelpool, name: str) -> dict[str, Tensor]:
+    """A candidate's full weights, loaded once: an OpenCLIP checkpoint's state dict read from its file
+    (:func:`.openclip.read_state`), anything else through the pool's loader."""
+    state = openclip.read_state(modelpool, name) if openclip.is_openclip_pool(modelpool) else None
+    return state if state is not None else full_weights(load_model_checked(modelpool, name)).state_dict()
 
 
 def spill_path(entry, name: str, cache_dir: str) -> tuple[str, bool]:
@@ -347,7 +370,7 @@ def read_candidates(
         candidate = (
             None
             if mode == "memory"
-            else _with_file(name, pool_entry(modelpool, name), shapes, cache_dir, conv1d, mode, base_headers)
+            else _with_file(name, spill_entry(modelpool, name), shapes, cache_dir, conv1d, mode, base_headers)
         )
         if candidate is None:
             to_load.append(name)
@@ -355,7 +378,7 @@ def read_candidates(
             located[name] = candidate
     kept = {n: c for n, c in located.items() if keep(c)}
     for name in to_load:
-        state = full_weights(load_model_checked(modelpool, name)).state_dict()
+        state = load_state(modelpool, name)
         tensors = {k: (tuple(v.shape), SAFETENSORS_DTYPE.get(v.dtype, str(v.dtype))) for k, v in state.items()}
         candidate = Candidate(name, tensors, state=state)
         if not keep(candidate):
@@ -363,7 +386,7 @@ def read_candidates(
         if mode != "memory":
             if cache_dir is None:
                 raise ValueError("a cache_dir is needed to spill non-safetensors checkpoints to disk")
-            candidate.path = spill_path(pool_entry(modelpool, name), name, cache_dir)[0]
+            candidate.path = spill_path(spill_entry(modelpool, name), name, cache_dir)[0]
             log.info("spilling %s to %s", name, candidate.path)
             save_safetensors_atomic({k: state[k] for k in shapes}, candidate.path)
             candidate.state, candidate.header = None, read_header(name, candidate.path)
@@ -415,14 +438,17 @@ class CompatibilityCheck:
     """``keep`` of :func:`read_candidates`: a candidate that does not fit the merged module is an
     error, or dropped with a warning (``on_incompatible=skip``; :attr:`dropped` says why)."""
 
-    def __init__(self, shapes, template_keys, on_incompatible: str):
+    def __init__(self, shapes, template_keys, on_incompatible: str, hint=None):
         self.shapes, self.template_keys, self.on_incompatible = shapes, template_keys, on_incompatible
+        self.hint = hint  # hint(name): more about an incompatible candidate (its file, its architecture)
         self.dropped: dict[str, str] = {}
 
     def __call__(self, candidate: Candidate) -> bool:
         problem = incompatibility(candidate.name, candidate.tensors, self.shapes, self.template_keys)
         if problem is None:
             return True
+        if self.hint is not None:
+            problem += self.hint(candidate.name)
         if self.on_incompatible != "skip":
             raise IncompatibleModelError(
                 f"{problem}; every candidate must share the pretrained model's architecture: {SKIP_HINT}"

@@ -1,4 +1,5 @@
-"""The clip-vit-{b32,b16,l14}_{TA8,TA14,TA20} aliases compose FusionBench's own CLIP pools.
+"""The clip-vit-{b32,b16,l14}_{TA8,TA14,TA20} aliases compose FusionBench's own CLIP pools (and
+openclip-vit-{b32,b16,l14}_TA8 its OpenCLIP ones).
 
 Nothing is instantiated, so nothing is downloaded: the configs only name hub repositories.
 (The same through the real CLI: tests/integration/test_config_aliases_cli.py.)
@@ -67,3 +68,28 @@ def test_alias_equals_fusion_bench_config(compose, arch, suite):
     assert tp.base_model == base
     resolved = OmegaConf.to_container(tp, resolve=True)
     assert resolved["clip_model"]["pretrained_model_name_or_path"] == base
+
+
+@pytest.mark.parametrize("arch", ["B-32", "B-16", "L-14"])
+def test_openclip_alias_is_fusion_bench_s_pool_with_the_loader_fix(compose, arch):
+    # openclip-vit-{b32,b16,l14}_TA8: FusionBench's OpenCLIP TA8 pools and task pools, the model pool's
+    # class swapped for fusion_bench_fw.OpenCLIPVisionModelPool (composed only: no open_clip needed)
+    from omegaconf import OmegaConf
+
+    alias = f"openclip-vit-{arch.replace('-', '').lower()}_TA8"
+    ours = compose(f"modelpool={alias}", f"taskpool={alias}")
+    theirs = compose(
+        f"modelpool=OpenCLIPVisionModelPool/ViT-{arch}_TA8", f"taskpool=OpenCLIPVisionModelTaskPool/ViT-{arch}_TA8"
+    )
+    assert ours.modelpool._target_ == "fusion_bench_fw.OpenCLIPVisionModelPool"
+    assert theirs.modelpool._target_ == "fusion_bench.modelpool.OpenCLIPVisionModelPool"
+    mp = OmegaConf.to_container(ours.modelpool, resolve=True)
+    mp_fb = OmegaConf.to_container(theirs.modelpool, resolve=True)
+    assert {k: v for k, v in mp.items() if k != "_target_"} == {k: v for k, v in mp_fb.items() if k != "_target_"}
+    assert list(mp["models"]) == ["_pretrained_"] + TA8 and list(mp["classification_heads"]) == TA8
+    pretrained = mp["models"]["_pretrained_"]  # B-32: {model_name, pickle_path}; B-16, L-14: a path
+    assert (pretrained if isinstance(pretrained, str) else pretrained["pickle_path"]).endswith(
+        f"ViT-{arch}/zeroshot.pt"
+    )
+    assert OmegaConf.to_container(ours.taskpool) == OmegaConf.to_container(theirs.taskpool)
+    assert ours.taskpool._target_ == "fusion_bench.taskpool.OpenCLIPVisionModelTaskPool"

@@ -1,6 +1,7 @@
 """The FW objective of a FusionBench model pool, by the pool's kind.
 
 * :mod:`.clip`: CLIP vision pools (zero-shot heads from the pretrained CLIP's text tower);
+* :mod:`..openclip`: OpenCLIP vision pools (the Task Arithmetic paper's checkpoints and heads);
 * :mod:`.lm`: sequence classification (backbones merged, per-task heads), causal LM and seq2seq pools;
 * :mod:`.sampling`: the fixed labelled samples every kind draws its batches from.
 
@@ -21,7 +22,7 @@ from fusion_bench_fw.core.objective import BatchedObjective
 from ..distributed import fabric_communicator
 from .sampling import Sampling
 
-POOL_KINDS = ("clip", "sequence_classification", "causal_lm", "seq2seq")
+POOL_KINDS = ("clip", "openclip", "sequence_classification", "causal_lm", "seq2seq")
 
 
 def pool_kind(modelpool) -> str:
@@ -35,9 +36,12 @@ def pool_kind(modelpool) -> str:
     )
 
     from ..modelpool import SequenceClassificationBackbonePool
+    from ..openclip import is_openclip_pool
 
     if isinstance(modelpool, CLIPVisionModelPool):
         return "clip"
+    if is_openclip_pool(modelpool):
+        return "openclip"  # its own classification heads, images through the encoder's val_preprocess
     if isinstance(modelpool, (GPT2ForSequenceClassificationPool, SequenceClassificationBackbonePool)):
         return "sequence_classification"  # backbones merged, each task's head from load_classifier
     if isinstance(modelpool, CausalLMPool):
@@ -53,7 +57,7 @@ def pool_kind(modelpool) -> str:
         )
     raise ValueError(
         f"FW-Merging has no objective for model pool {type(modelpool).__name__}; supported: "
-        "CLIPVisionModelPool, GPT2ForSequenceClassificationPool, SequenceClassificationBackbonePool, "
+        "CLIPVisionModelPool, OpenCLIPVisionModelPool, GPT2ForSequenceClassificationPool, SequenceClassificationBackbonePool, "
         "CausalLMPool, Seq2SeqLMPool"
     )
 
@@ -75,6 +79,10 @@ def build_objective(
         from .clip import ZeroShotHeads, clip_batches_and_loss
 
         batches, loss = clip_batches_and_loss(ZeroShotHeads(modelpool, fabric), train_sets, sampling)
+    elif kind == "openclip":
+        from ..openclip import openclip_batches_and_loss
+
+        batches, loss = openclip_batches_and_loss(modelpool, fabric, train_sets, sampling)
     else:
         from .lm import lm_batches_and_loss
 
