@@ -2,6 +2,7 @@
 blocks) with where they were measured, for the README to quote (``CI_TIMES_OUT``).
 
     python scripts/ci_times.py REPO OUT.json   # reads INSTALL_S, TESTS_S, FAST_S, TOTAL_S, JUNIT
+                                              # and OPENCLIP_INSTALL_S, OPENCLIP_TESTS_S when set
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def main(repo: str, out: str) -> None:
         packages={d: metadata.version(d) for d in ("fusion-bench-fw", "fusion-bench", "torch", "transformers")},
         time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
+    for key, name in (
+        ("OPENCLIP_INSTALL_S", "openclip_install_seconds"),
+        ("OPENCLIP_TESTS_S", "openclip_tests_seconds"),
+    ):
+        if os.environ.get(key):  # the OpenCLIP stage, when it ran
+            result[name] = float(os.environ[key])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"-- times written to {out}")
