@@ -103,6 +103,9 @@ def _fix_hint(name: str) -> str:
 def redirect_paper_modules() -> None:
     """FusionBench's redirect of the paper's ``src.modeling`` (and old open_clip class names) to
     its own classes, which its loaders run before they unpickle."""
+    from fusion_bench_fw.compat import typing_override
+
+    typing_override()  # that module needs typing.override (Python 3.12+)
     from fusion_bench.modelpool.openclip_vision.modelpool import _check_and_redirect_open_clip_modeling
 
     _check_and_redirect_open_clip_modeling()
@@ -272,6 +275,7 @@ def load_pool_encoder(modelpool, name: str) -> nn.Module | None:
 
 # ---------------------------------------------------------------------------------- the objective
 def _heads_mixin():
+    redirect_paper_modules()  # (and typing.override, which the mixin's imports need)
     from fusion_bench.mixins.openclip_classification import OpenCLIPClassificationMixin
 
     return OpenCLIPClassificationMixin

@@ -3,9 +3,13 @@ this module needs open_clip; :mod:`.openclip` does not)."""
 
 from __future__ import annotations
 
-from fusion_bench.modelpool import OpenCLIPVisionModelPool as _FusionBenchOpenCLIPVisionModelPool
+from fusion_bench_fw.compat import typing_override
 
-from .openclip import load_pool_encoder
+typing_override()  # FusionBench's OpenCLIP pool module needs typing.override (Python 3.12+)
+
+from fusion_bench.modelpool import OpenCLIPVisionModelPool as _FusionBenchOpenCLIPVisionModelPool  # noqa: E402
+
+from .openclip import load_pool_encoder  # noqa: E402
 
 
 class OpenCLIPVisionModelPool(_FusionBenchOpenCLIPVisionModelPool):

@@ -20,6 +20,13 @@ import os
 from hydra.core.config_search_path import ConfigSearchPath
 from hydra.plugins.search_path_plugin import SearchPathPlugin
 
+try:  # FusionBench's OpenCLIP pools import typing.override, new in Python 3.12
+    from fusion_bench_fw.compat import typing_override
+
+    typing_override()
+except ImportError:  # fusion_bench_fw not importable: plugin_config_dir says so
+    pass
+
 
 def plugin_config_dir() -> str | None:
     """The directory that holds fusion-bench-fw's ``method/``, ``modelpool/``... configs."""

@@ -18,7 +18,10 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
+from fusion_bench_fw.compat import typing_override  # noqa: E402
 from fusion_bench_fw.offline import tiny_openclip  # noqa: E402
+
+typing_override()  # FusionBench's OpenCLIP modules import typing.override (Python 3.12+), as the CLI's plugin does
 
 pytestmark = pytest.mark.openclip
 TASKS = list(tiny_openclip.tiny_clip.DEFAULT_TASKS)
