@@ -174,7 +174,10 @@ def config_architecture(model_name: str) -> dict[str, int] | None:
         return None
     size = vision.get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
-    return {k: int(vision[k]) for k in ("width", "layers", "patch_size")} | {"image_size": int(size)}
+    try:
+        return {k: int(vision[k]) for k in ("width", "layers", "patch_size")} | {"image_size": int(size)}
+    except (KeyError, TypeError, ValueError):  # not a plain ViT (per-stage layers, a timm tower...)
+        return None
 
 
 def describe(arch: Mapping[str, int] | None) -> str:
