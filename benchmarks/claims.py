@@ -305,6 +305,11 @@ CLAIMS = (
         _tuned_vs("fw_soft_from_tsv_m", "tsv_m"),
     ),
     Claim(
+        "With 14 targets FW-soft from TSV-M's merge beats TSV-M with alpha tuned on validation (mini_TALL14, one build)",
+        ("fw_targets_mini_TALL14/tuning.json", "tune_mini_TALL14/tuning.json"),
+        _tuned_vs("fw_soft_from_tsv_m", "tsv_m"),
+    ),
+    Claim(
         "FW-hard (default) beats Task Arithmetic(0.3) on mini_TA8, beyond the spread over 3 builds",
         ("leaderboard_mini_TA8_builds/leaderboard.json",),
         _beats("fw_hard", "task_arithmetic"),
