@@ -212,3 +212,11 @@ def backbone_of(model):
             "SequenceClassificationBackbonePool needs Hugging Face *ForSequenceClassification models"
         )
     return backbone
+
+
+def pool_entry(modelpool, name: str):
+    """The pool's config for ``name`` (a path or hub name, or a loader's dict), through its public
+    API; None for pools holding in-memory modules (they have no files, and get_model_config warns)."""
+    if modelpool.has_instance_models:
+        return None
+    return modelpool.get_model_config(name, return_copy=False)

@@ -37,6 +37,7 @@ from fusion_bench_fw import PRETRAINED
 from fusion_bench_fw.core.objective import Batch, functional_forward
 from fusion_bench_fw.core.stores import StoreError
 
+from .modelpool import pool_entry
 from .objectives.sampling import Sampling
 
 POOL_CLASS = "OpenCLIPVisionModelPool"
@@ -209,7 +210,7 @@ def check_model_name(name: str, path: str, model_name: str | None, state: Mappin
 def mismatch_hint(modelpool, name: str) -> str:
     """For the compatibility check's message: the two files and their architectures, when they are
     open_clip ViTs of different shapes (checkpoints of another open_clip model)."""
-    path, reference = (checkpoint_file(pool_entry_of(modelpool, n)) for n in (name, PRETRAINED))
+    path, reference = (checkpoint_file(pool_entry(modelpool, n)) for n in (name, PRETRAINED))
     if not path or not reference or not (os.path.isfile(path) and os.path.isfile(reference)):
         return ""
     archs = [architecture(state_of(n, p, read_checkpoint(n, p))) for n, p in ((name, path), (PRETRAINED, reference))]
@@ -219,10 +220,6 @@ def mismatch_hint(modelpool, name: str) -> str:
         f" ({os.path.abspath(path)} is {describe(archs[0])}; the pool's {os.path.abspath(reference)} is "
         f"{describe(archs[1])}: checkpoints of another open_clip model; use files fine-tuned from that zeroshot.pt)"
     )
-
-
-def pool_entry_of(modelpool, name: str):
-    return None if modelpool.has_instance_models else modelpool.get_model_config(name, return_copy=False)
 
 
 # ---------------------------------------------------------------------------------- loading
@@ -238,7 +235,7 @@ def read_entry(name: str, entry) -> tuple[str, object, dict[str, Tensor]]:
 
 def read_state(modelpool, name: str) -> dict[str, Tensor] | None:
     """A candidate's state dict, read from its file (None when its entry names none: the pool loads it)."""
-    entry = pool_entry_of(modelpool, name)
+    entry = pool_entry(modelpool, name)
     return read_entry(name, entry)[2] if checkpoint_file(entry) is not None else None
 
 
@@ -265,7 +262,7 @@ def load_encoder(name: str, entry) -> nn.Module:
 def load_pool_encoder(modelpool, name: str) -> nn.Module | None:
     """``name``'s encoder read by :func:`load_encoder`, with the pool's processors set from it the
     way its own ``load_model`` sets them; None when its entry names no file (the pool loads it)."""
-    entry = pool_entry_of(modelpool, name)
+    entry = pool_entry(modelpool, name)
     if checkpoint_file(entry) is None:
         return None
     encoder = load_encoder(name, entry)

@@ -56,6 +56,7 @@ from fusion_bench_fw.core.vertices import VertexPlan
 from fusion_bench_fw.load_errors import explain_load_failure, model_source
 
 from . import openclip
+from .modelpool import pool_entry
 from .objectives import pool_kind
 from .objectives.sampling import load_train_sets
 from .options import RunOptions
@@ -241,14 +242,6 @@ def load_template(modelpool) -> nn.Module:
 
 
 # ---------------------------------------------------------------------------------- candidates
-def pool_entry(modelpool, name: str):
-    """The pool's config for ``name`` (a path or hub name, or a loader's dict), through its public
-    API; None for pools holding in-memory modules (they have no files, and get_model_config warns)."""
-    if modelpool.has_instance_models:
-        return None
-    return modelpool.get_model_config(name, return_copy=False)
-
-
 def local_safetensors_file(entry) -> str | None:
     """The single safetensors file behind a pool entry given as a local path, else None."""
     if not isinstance(entry, str):
