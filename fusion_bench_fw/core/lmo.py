@@ -120,6 +120,19 @@ def chunked_dots(grads: Sequence[Tensor], theta: Tensor, vertex: Tensor, scratch
     return total.reshape(len(grads))
 
 
+def cosine_terms(grads: Sequence[Tensor], theta: Tensor, scratch: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """``(||g||, <g, theta>)`` per gradient, float64: what the cosine adds to <g, v - theta>."""
+    norms = torch.stack([torch.linalg.vector_norm(g).to(torch.float64) for g in grads])
+    return norms, chunked_dots(grads, torch.zeros_like(theta), theta, scratch, chunk)
+
+
+def cosine_from_inner(inner: Tensor, grad_dot_theta: Tensor, grad_norms: Tensor, vertex_norm: Tensor) -> Tensor:
+    """cos(g, v) = (<g, v - theta> + <g, theta>) / (||g|| ||v||), with 0/0 := 0."""
+    denom = grad_norms * vertex_norm
+    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
+    return torch.where(denom > 0, (inner + grad_dot_theta) / safe, torch.zeros_like(denom))
+
+
 def score_vertices(
     gradients: Sequence[Mapping[str, Tensor]],
     iterate: Mapping[str, Tensor],
@@ -128,6 +141,7 @@ def score_vertices(
     blocks: Blocks,
     cosine: bool = False,
     read_parts: Callable[[str, str], object] | None = None,
+    wanted: Tensor | None = None,
 ) -> ScoreTable:
     """One streaming pass: for each tensor name, read that tensor of every vertex once.
 
@@ -141,6 +155,9 @@ def score_vertices(
     ``read_parts(name, key)``, when given, may return a vertex tensor in factored form (a
     :class:`~.lora_store.LowRank`, base + s B A): such vertices are scored by
     :func:`_score_factored` without forming them, their shared base read once per tensor.
+
+    ``wanted`` (vertices x blocks, bool), when given, limits the pass to the pairs it marks: the
+    others are not read and score 0 (the sketched LMO's exact re-check, :mod:`.sketch`).
     """
     n_grad, n_vert = len(gradients), len(vertex_names)
     device = next(iter(iterate.values())).device
@@ -150,6 +167,7 @@ def score_vertices(
     largest = max(iterate[k].numel() for k in blocks.keys)
     scratch: dict[torch.dtype, Tensor] = {}
     reads = dict.fromkeys(("full", "base", "low_rank", "base_only"), 0)
+    pairs = None if wanted is None else wanted.tolist()
     with torch.no_grad(), _exact_float32_matmul():
         for key in blocks.keys:
             b = blocks.block_of[key]
@@ -158,30 +176,30 @@ def score_vertices(
                 scratch[work] = torch.empty(max(1, min(chunk, largest)), dtype=work, device=device)
             theta = iterate[key].reshape(-1).to(work)
             grads = [g[key].reshape(-1).to(device=device, dtype=work) for g in gradients]
+            todo = [i for i in range(n_vert) if pairs is None or pairs[i][b]]
+            if not todo:
+                continue
             if cosine:
-                grad_norms = torch.stack([torch.linalg.vector_norm(g).to(torch.float64) for g in grads])
-                grad_dot_theta = chunked_dots(grads, torch.zeros_like(theta), theta, scratch[work], chunk)
+                grad_norms, grad_dot_theta = cosine_terms(grads, theta, scratch[work], chunk)
             factored = {}
             if read_parts is not None:
-                factored = {i: p for i, n in enumerate(vertex_names) if (p := read_parts(n, key)) is not None}
+                factored = {i: p for i in todo if (p := read_parts(vertex_names[i], key)) is not None}
             if factored:
                 shared = (grad_norms, grad_dot_theta) if cosine else None
                 _score_factored(
                     factored, grads, theta, iterate[key].shape, scratch[work], chunk, inner, cos, b, shared, reads
                 )
-            reads["full"] += n_vert - len(factored)
-            for i, name in enumerate(vertex_names):
+            reads["full"] += len(todo) - len(factored)
+            for i in todo:
                 if i in factored:
                     continue
-                vertex = read_vertex(name, key).reshape(-1).to(device=device)
+                vertex = read_vertex(vertex_names[i], key).reshape(-1).to(device=device)
                 scores = chunked_dots(grads, theta, vertex, scratch[work], chunk)
                 inner[:, i, b] += scores
                 if cosine:
                     # <g, v> = <g, v - theta> + <g, theta>: no second pass over the vertex
                     v_norm = torch.linalg.vector_norm(vertex.to(work)).to(torch.float64)
-                    denom = grad_norms * v_norm
-                    safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-                    cos[:, i, b] += torch.where(denom > 0, (scores + grad_dot_theta) / safe, torch.zeros_like(denom))
+                    cos[:, i, b] += cosine_from_inner(scores, grad_dot_theta, grad_norms, v_norm)
                 del vertex
     return ScoreTable(list(vertex_names), inner.cpu(), cos.cpu() if cos is not None else None, reads)
 
@@ -226,10 +244,8 @@ def _score_factored(factored, grads, theta, shape, scratch, chunk, inner, cos, b
                 j = adapted.index(i)
                 norm_sq = base_sq + 2 * cross[j].to(base_sq) + factored[i].delta_norm_sq()
                 extra = deltas[:, j]
-            denom = grad_norms * torch.sqrt(torch.clamp(norm_sq, min=0.0))
-            safe = torch.where(denom > 0, denom, torch.ones_like(denom))
-            value = base_scores + extra.to(base_scores) + grad_dot_theta
-            cos[:, i, b] += torch.where(denom > 0, value / safe, torch.zeros_like(denom))
+            v_norm = torch.sqrt(torch.clamp(norm_sq, min=0.0))
+            cos[:, i, b] += cosine_from_inner(base_scores + extra.to(base_scores), grad_dot_theta, grad_norms, v_norm)
 
 
 def select_hard(scores: Tensor) -> Tensor:
@@ -269,6 +285,7 @@ def score_vertices_sharded(
     cosine: bool,
     comm: Communicator,
     read_parts=None,
+    wanted: Tensor | None = None,
 ) -> ScoreTable:
     """The LMO score pass with the candidates split round-robin over ranks.
 
@@ -278,13 +295,20 @@ def score_vertices_sharded(
     """
     names = list(vertex_names)
     if not comm.distributed:
-        return score_vertices(grads, theta, names, read_vertex, blocks, cosine=cosine, read_parts=read_parts)
+        return score_vertices(grads, theta, names, read_vertex, blocks, cosine, read_parts, wanted)
     mine = [i for i in range(len(names)) if comm.owns(i)]
     inner = torch.zeros(len(grads), len(names), blocks.count, dtype=torch.float64)
     cos = torch.zeros_like(inner) if cosine else None
     if mine:
         part = score_vertices(
-            grads, theta, [names[i] for i in mine], read_vertex, blocks, cosine=cosine, read_parts=read_parts
+            grads,
+            theta,
+            [names[i] for i in mine],
+            read_vertex,
+            blocks,
+            cosine,
+            read_parts,
+            None if wanted is None else wanted[mine],
         )
         inner[:, mine] = part.inner.to(inner)
         if cosine:
