@@ -64,6 +64,19 @@ def random_pool(n_models: int, shapes: dict[str, tuple], seed: int = 0, scale: f
 SHAPES = {"layer0.weight": (6, 5), "layer0.bias": (6,), "layer1.weight": (3, 6)}
 
 
+def write_pool(models, directory) -> dict[str, str]:
+    """Each model of ``models`` as ``directory/<name>.safetensors``; returns the paths by name."""
+    import os
+
+    from fusion_bench_fw.core.stores import save_safetensors_atomic
+
+    paths = {}
+    for name, state in models.items():
+        paths[name] = os.path.join(directory, f"{name}.safetensors")
+        save_safetensors_atomic(state, paths[name])
+    return paths
+
+
 def solve(objective, store, candidates, start, config, pretrained="_pretrained_", **kwargs):
     """The tests' usual run: plan ``candidates`` from theta_0 = ``start``, then Frank-Wolfe."""
     from fusion_bench_fw.core import frank_wolfe, plan_vertices

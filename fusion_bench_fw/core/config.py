@@ -20,6 +20,7 @@ SOFT_CONSTRAINTS = ("capped_simplex", "simplex_selected", "box", "none")
 INNER_LOSSES = ("ce_train", "entropy_test")
 INNER_OPTIMIZERS = ("adam", "sgd")
 TRIM_SCOPES = ("per_tensor", "global")
+LMO_RECHECK = 3  # lmo_recheck's default (the exact LMO refuses any other value: it would be ignored)
 
 
 def check_choice(name: str, value: Any, options) -> None:
@@ -48,6 +49,14 @@ class FrankWolfeConfig:
         gap_tol: stop once the Frank-Wolfe gap is at or below this; null: run ``max_iters``.
         include_init_vertex: the starting point is also a vertex the LMO may pick.
         include_pretrained_vertex: the pretrained checkpoint is also a vertex the LMO may pick.
+        lmo_sketch: 0: the exact LMO, which reads every candidate tensor once per iteration. m > 0: the
+            sketched LMO (:mod:`.sketch`), which scores the candidates from count sketches of m buckets
+            per tensor (made in one read of the pool and cached beside the run) and reads in full only
+            the ``lmo_recheck`` best of each block, scored exactly. Exact stays the default until
+            ``benchmarks/lmo_sketch.py`` (how often its choice differs, how much faster) says otherwise.
+        lmo_recheck: the sketched LMO's re-check: how many of the best-estimated candidates of each
+            block are scored exactly (per selecting gradient, and at least the number FW-soft selects);
+            the selection is made among them. Read only with ``lmo_sketch`` > 0.
     """
 
     variant: ClassVar[str] = ""
@@ -58,6 +67,8 @@ class FrankWolfeConfig:
     gap_tol: float | None = None
     include_init_vertex: bool = True
     include_pretrained_vertex: bool = False
+    lmo_sketch: int = 0
+    lmo_recheck: int = LMO_RECHECK
 
     def __post_init__(self):
         if not self.variant:
@@ -70,6 +81,13 @@ class FrankWolfeConfig:
         check_positive_int("max_iters", self.max_iters)
         if self.gap_tol is not None and not self.gap_tol >= 0:
             raise ValueError(f"gap_tol must be >= 0 or null, got {self.gap_tol!r}")
+        check_positive_int("lmo_sketch", self.lmo_sketch, zero_ok=True)
+        check_positive_int("lmo_recheck", self.lmo_recheck)
+        if self.lmo_sketch == 0 and self.lmo_recheck != LMO_RECHECK:
+            raise ValueError(
+                f"lmo_recheck={self.lmo_recheck} is read only by the sketched LMO: set lmo_sketch (its sketch "
+                "size, e.g. 1024) or remove lmo_recheck"
+            )
 
     # what the solver asks of a variant (each answers for itself; its step: hard.HardStep, soft.SoftStep)
     @property

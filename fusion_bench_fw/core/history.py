@@ -34,6 +34,9 @@ class IterationRecord:
     chosen: list[list[int]] | None = None
     # the hold-out guard's verdict on this step (core.guard): held-out losses, refused vertices and why
     guard: dict[str, Any] | None = None
+    # the sketched LMO's (core.sketch) reads, in (vertex, tensor) pairs: "full" re-checked, "sketched"
+    # estimated; at its first pass, the checkpoints sketched from a read and those found in the cache
+    lmo_reads: dict[str, int] | None = None
 
 
 @dataclass
@@ -54,9 +57,10 @@ class RunHistory:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for record in data["iterations"]:  # an unguarded run's history stays as it was before the guard
-            if record["guard"] is None:
-                del record["guard"]
+        for record in data["iterations"]:  # a run without the guard or the sketched LMO: as it was before them
+            for optional in ("guard", "lmo_reads"):
+                if record[optional] is None:
+                    del record[optional]
         return data
 
     @classmethod

@@ -28,6 +28,7 @@ from .hard import HardStep
 from .history import IterationRecord, RunHistory
 from .lmo import Blocks, score_vertices_sharded
 from .objective import Objective, drop_rounding_noise
+from .sketch import SketchedLMO
 from .soft import SoftStep
 from .stores import VertexStore
 from .vertices import VertexPlan, Vertices
@@ -62,6 +63,7 @@ def frank_wolfe(
     inner_objective: Objective | None = None,
     holdout_objective: Objective | None = None,
     run_record: dict | None = None,
+    sketch_cache_dir: str | None = None,
 ) -> FrankWolfeResult:
     """Run ``config``'s variant on ``plan`` (:func:`~.vertices.plan_vertices`) and return the
     merged tensors, the history and the coefficients alpha (None once TIES left the hull).
@@ -77,6 +79,8 @@ def frank_wolfe(
     hold-out guard (:mod:`.guard`) checks the start and every step on it and refuses what does not help.
     ``run_record``: what the caller ran around the solver (its options, the data it drew), kept in
     the history's ``extra``; a resume under another record is refused like one under other settings.
+    ``sketch_cache_dir``: where the sketched LMO (``config.lmo_sketch`` > 0) keeps the sketches of
+    checkpoint files for later runs; None: they are made in memory at each run's first pass.
     """
     run = _Run(
         objective,
@@ -89,6 +93,7 @@ def frank_wolfe(
         seed,
         inner_objective,
         holdout_objective,
+        sketch_cache_dir,
     )
     run.history.extra.update(run_record or {})
     first = run.resume(checkpoint_path) if resume and checkpoint_exists(checkpoint_path) else 0
@@ -139,6 +144,7 @@ class _Run:
         seed,
         inner=None,
         holdout=None,
+        sketch_cache_dir=None,
     ):
         _check_plan(plan, store, objective)
         self.objective, self.config, self.device, self.dtype, self.comm = objective, config, device, dtype, comm
@@ -157,6 +163,9 @@ class _Run:
         self.step = STEPS[type(config)](
             config, objective, self.vertices, self.blocks, k=plan.k, inner=inner, guard=self.guard
         )
+        self.sketched = None
+        if config.lmo_sketch:
+            self.sketched = SketchedLMO(self.vertices, self.blocks, config, plan.k, sketch_cache_dir, comm)
         self.track_alpha = config.tracks_coefficients
         self.per_task = config.per_task_gradients
         self.history = RunHistory(
@@ -210,9 +219,12 @@ class _Run:
         _sync(self.device)
         t1 = time.perf_counter()
         vertices, cosine = self.vertices, self.config.lmo_score == "cosine"
-        table = score_vertices_sharded(
-            grads, self.theta, vertices.scored, vertices.read, self.blocks, cosine, self.comm, vertices.parts
-        )
+        if self.sketched:
+            table = self.sketched.score(grads, self.theta, self.guard.refused if self.guard else None)
+        else:
+            table = score_vertices_sharded(
+                grads, self.theta, vertices.scored, vertices.read, self.blocks, cosine, self.comm, vertices.parts
+            )
         t2 = time.perf_counter()
         scores = table.scores(self.config.lmo_score)[:, : len(vertices.names)]  # the anchor is never selected
         record = IterationRecord(
@@ -228,6 +240,7 @@ class _Run:
             ),
             time_grad_s=t1 - t0,
             time_lmo_s=t2 - t1,
+            lmo_reads=dict(table.reads) if self.sketched else None,
         )
         return record, scores
 

@@ -49,6 +49,10 @@ class VertexStore:
         when the store only has it whole. The LMO scores factored vertices without forming them."""
         return None
 
+    def source(self, name: str) -> str | None:
+        """The one file ``name`` is read from, for caches kept beside it (None: not one file)."""
+        return None
+
     def distance_sq(self, name: str, key: str, reference: Tensor | None = None) -> float:
         """||tensor - reference||^2 in float64 (0 without a reference), after checking that the
         tensor is finite: the pool's NaN/Inf check and distances in one read."""
@@ -262,6 +266,9 @@ class SafetensorsVertexStore(VertexStore):
         start = begin - begin % mmap.PAGESIZE
         buffer.madvise(mmap.MADV_DONTNEED, start, min(len(buffer), stop) - start)
 
+    def source(self, name: str) -> str | None:
+        return self.paths[name]
+
     def release_all(self) -> None:
         for name in self.names:
             self.release(name)
@@ -295,6 +302,9 @@ class CompositeVertexStore(VertexStore):
 
     def parts(self, name: str, key: str):
         return self._owner[name].parts(name, key)
+
+    def source(self, name: str) -> str | None:
+        return self._owner[name].source(name)
 
     def distance_sq(self, name: str, key: str, reference: Tensor | None = None) -> float:
         return self._owner[name].distance_sq(name, key, reference)

@@ -155,5 +155,9 @@ class Vertices:
         """The stored vertex's factored form (LoRA candidates), None for whole tensors."""
         return None if name in self._pseudo else self.store.parts(name, key)
 
+    def source(self, name: str) -> str | None:
+        """The file a stored vertex is read from (None for the in-memory init point)."""
+        return None if name in self._pseudo else self.store.source(name)
+
     def row(self, name: str) -> Tensor:
         return self._rows[name]

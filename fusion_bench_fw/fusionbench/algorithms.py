@@ -115,6 +115,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             inner_objective=inner_objective,
             holdout_objective=holdout,
             run_record=record,
+            sketch_cache_dir=os.path.join(paths.cache_dir, "lmo_sketch"),
         )
 
     def on_iteration(self, record: IterationRecord, history: RunHistory, history_path: str) -> None:

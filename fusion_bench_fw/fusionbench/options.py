@@ -85,7 +85,8 @@ class RunOptions:
         store: where candidates are read from: ``auto`` (memory-map local safetensors, keep LoRA
             adapters as factors over their base model, spill the others once to a safetensors
             cache), ``safetensors`` (the same with every candidate as full weights) or ``memory``.
-        cache_dir: where non-safetensors checkpoints are spilled; null: ``<log_dir>/vertex_cache``.
+        cache_dir: where non-safetensors checkpoints are spilled and the sketched LMO (``lmo_sketch``)
+            keeps its sketches; null: ``<log_dir>/vertex_cache`` (a fixed folder reuses them across runs).
         autocast: forward passes in ``bf16`` or ``fp16`` (GPU), or null (float32).
         history_path: the run's history (JSON); null: ``<log_dir>/fw_history.json``.
         checkpoint_path: the resumable state, written after every iteration; null:

@@ -511,6 +511,9 @@ class _Ordered(VertexStore):
     def parts(self, name: str, key: str):
         return self._store.parts(name, key)
 
+    def source(self, name: str) -> str | None:
+        return self._store.source(name)
+
     def distance_sq(self, name: str, key: str, reference: Tensor | None = None) -> float:
         return self._store.distance_sq(name, key, reference)
 

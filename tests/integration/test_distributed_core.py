@@ -27,6 +27,8 @@ CONFIGS = {
     "soft_task_cosine": dict(
         variant="soft", granularity="task", lmo_score="cosine", soft_select="topk", k=2, max_iters=3, inner_steps=5
     ),
+    # the sketched LMO: sketches made over ranks (each its own share, then summed), re-checks sharded
+    "hard_layer_sketched": dict(variant="hard", granularity="layer", max_iters=4, lmo_sketch=8, lmo_recheck=2),
 }
 
 

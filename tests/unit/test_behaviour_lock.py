@@ -60,14 +60,16 @@ RECORD = os.environ.get("FW_RECORD_BEHAVIOUR_LOCK") == "1"
 # validation; only the two default FW-soft tiny-CLIP cases' numbers changed) and the new option
 # init_options (every config and "extra" gains it; no other number changed). Then the hold-out guard's
 # options guard / guard_samples (off by default: every config gains the two keys, nothing else changed,
-# the tensors file is byte-identical). A re-record changes
+# the tensors file is byte-identical). Then the sketched LMO's options lmo_sketch / lmo_recheck (off by
+# default: every config gains the two keys, written into the json by a script rather than re-run, so that
+# no other byte moved; the tensors file is unchanged). A re-record changes
 # these hashes: it must edit them here, in a commit that names itself and says why.
 RECORDED_AT = (
     "26ec2d5 (FW code of 5292c8e + f56128f); re-recorded for FW-soft's inner_lr default and init_options, "
-    "and for the options guard and guard_samples"
+    "for the options guard and guard_samples, and for lmo_sketch and lmo_recheck"
 )
 GOLDEN_SHA256 = {
-    "behaviour_lock.json": "e41c1a14c313b7408fbe0393eae9fa97e411e19d63df2af59f6366e8138b7f08",
+    "behaviour_lock.json": "411442a1a3df1bb3ea52d8a2df99a64f96830c0ebad7ac7a7f153a9f1e45fdb0",
     "behaviour_lock.safetensors": "a0beedcdf3b111a127f7629025be6048033971ddfc4d2a41c3e936ddf4d41e49",
 }
 RTOL, ATOL = 1e-4, 1e-7  # see the module docstring

@@ -5,7 +5,7 @@ import os
 
 import pytest
 import torch
-from toy import SHAPES, TEXTBOOK_SOFT_RULES, QuadraticObjective, random_pool, solve
+from toy import SHAPES, TEXTBOOK_SOFT_RULES, QuadraticObjective, random_pool, solve, write_pool
 
 from fusion_bench_fw.core import FrankWolfeConfig
 from fusion_bench_fw.core.stores import (
@@ -13,17 +13,8 @@ from fusion_bench_fw.core.stores import (
     InMemoryVertexStore,
     SafetensorsVertexStore,
     StoreError,
-    save_safetensors_atomic,
     spill_to_safetensors,
 )
-
-
-def _write(models, directory):
-    paths = {}
-    for name, sd in models.items():
-        paths[name] = os.path.join(directory, f"{name}.safetensors")
-        save_safetensors_atomic(sd, paths[name])
-    return paths
 
 
 @pytest.mark.parametrize("variant,granularity", [("hard", "layer"), ("hard", "task"), ("soft", "task")])
@@ -35,7 +26,7 @@ def test_safetensors_store_gives_the_same_merge_as_in_memory(tmp_path, variant, 
     config = FrankWolfeConfig.build(variant, granularity=granularity, max_iters=4, **soft)
     init = {"_pretrained_": 0.1, **{n: 0.18 for n in names}}
     memory = solve(QuadraticObjective(target), InMemoryVertexStore(models), names, init, config, progress=False)
-    disk_store = SafetensorsVertexStore(_write(models, tmp_path), list(SHAPES))
+    disk_store = SafetensorsVertexStore(write_pool(models, tmp_path), list(SHAPES))
     disk = solve(QuadraticObjective(target), disk_store, names, init, config, progress=False)
     for key in SHAPES:
         assert torch.equal(memory.params[key], disk.params[key])
@@ -44,14 +35,14 @@ def test_safetensors_store_gives_the_same_merge_as_in_memory(tmp_path, variant, 
 
 def test_safetensors_store_reads_one_tensor_without_loading_the_rest(tmp_path):
     models = random_pool(2, SHAPES, seed=1)
-    store = SafetensorsVertexStore(_write(models, tmp_path), list(SHAPES))
+    store = SafetensorsVertexStore(write_pool(models, tmp_path), list(SHAPES))
     assert torch.equal(store.tensor("m1", "layer0.bias"), models["m1"]["layer0.bias"])
     assert store.shape("layer1.weight") == SHAPES["layer1.weight"]
 
 
 def test_truncated_file_is_refused_with_the_model_name(tmp_path):
     models = random_pool(2, SHAPES, seed=1)
-    paths = _write(models, tmp_path)
+    paths = write_pool(models, tmp_path)
     data = open(paths["m0"], "rb").read()
     with open(paths["m0"], "wb") as f:
         f.write(data[: len(data) // 3])
@@ -66,7 +57,7 @@ def test_missing_tensor_and_wrong_shape_are_refused(tmp_path):
     with pytest.raises(StoreError, match=r"'m1'.*'layer0.bias'"):
         InMemoryVertexStore(broken)
     with pytest.raises(StoreError, match=r"'m1'.*'layer0.bias'"):
-        SafetensorsVertexStore(_write(broken, tmp_path), list(SHAPES))
+        SafetensorsVertexStore(write_pool(broken, tmp_path), list(SHAPES))
     reshaped = dict(models)
     reshaped["m0"] = {**models["m0"], "layer1.weight": torch.zeros(6, 3)}
     with pytest.raises(StoreError, match=r"'m0'.*'layer1.weight'.*shape"):
