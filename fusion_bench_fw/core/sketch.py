@@ -27,7 +27,16 @@ import torch
 from torch import Tensor
 
 from .distributed import SINGLE_PROCESS, Communicator
-from .lmo import CPU_CHUNK, DEVICE_CHUNK, Blocks, ScoreTable, cosine_from_inner, cosine_terms, score_vertices_sharded
+from .lmo import (
+    CPU_CHUNK,
+    DEVICE_CHUNK,
+    Blocks,
+    ScoreTable,
+    _work_dtype,
+    cosine_from_inner,
+    cosine_terms,
+    score_vertices_sharded,
+)
 from .stores import save_safetensors_atomic
 from .vertices import Vertices
 
@@ -140,9 +149,8 @@ class SketchedLMO:
         with torch.no_grad():
             for p, key in enumerate(self.blocks.keys):
                 b = self.blocks.block_of[key]
-                here = theta[key].reshape(-1)
-                work = torch.float64 if here.dtype == torch.float64 else torch.float32
-                here = here.to(work)
+                work = _work_dtype(theta[key].dtype)
+                here = theta[key].reshape(-1).to(work)
                 gs = [g[key].reshape(-1).to(device=device, dtype=work) for g in grads]
                 sketched = count_sketch([*gs, here], key, self.size)
                 est = sketched[:-1] @ (self.sketches[key].to(torch.float64) - sketched[-1]).T
@@ -205,8 +213,7 @@ class SketchedLMO:
         for key in self.blocks.keys:
             t = self.vertices.read(name, key).to(device)
             sketch[key] = count_sketch([t], key, self.size)[0].float()
-            work = torch.float64 if t.dtype == torch.float64 else torch.float32
-            norms.append(torch.linalg.vector_norm(t.to(work)).to(torch.float64))  # as the exact pass forms it
+            norms.append(torch.linalg.vector_norm(t.to(_work_dtype(t.dtype))).to(torch.float64))  # as the exact pass
             del t
         sketch[NORMS] = torch.stack(norms)
         if path is not None:
