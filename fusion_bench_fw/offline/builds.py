@@ -54,18 +54,18 @@ def torch_threads(n: int):
 # --------------------------------------------------------------------------------------------
 
 
-def write_manifest(root: str, manifest: dict) -> None:
-    """``root/manifest.json``, written whole or not at all (a killed build leaves the old one)."""
-    tmp = os.path.join(root, "manifest.json.tmp")
+def write_manifest(root: str, manifest: dict, name: str = "manifest.json") -> None:
+    """``root/<name>``, written whole or not at all (a killed build leaves the old one)."""
+    tmp = os.path.join(root, name + ".tmp")
     with open(tmp, "w") as f:
         json.dump(manifest, f, indent=1)
-    os.replace(tmp, os.path.join(root, "manifest.json"))
+    os.replace(tmp, os.path.join(root, name))
 
 
-def read_manifest(root: str) -> dict | None:
-    """``root/manifest.json``, or None when it is missing or unreadable."""
+def read_manifest(root: str, name: str = "manifest.json") -> dict | None:
+    """``root/<name>``, or None when it is missing or unreadable."""
     try:
-        with open(os.path.join(root, "manifest.json")) as f:
+        with open(os.path.join(root, name)) as f:
             return json.load(f)
     except (OSError, ValueError):
         return None
@@ -111,9 +111,10 @@ def write_configs(config_dir: str, rendered: dict[str, str]) -> list[str]:
     return written
 
 
-def builder_cli(argv, name: str, env_var: str, defaults, quick: dict, render):
+def builder_cli(argv, name: str, env_var: str, defaults, quick: dict, render, more_options=None):
     """``python -m fusion_bench_fw.offline.<name> build|configs``, as the offline benchmarks share it:
-    None once ``configs`` has written ``render()``, else ``(args, the build's params)``."""
+    None once ``configs`` has written ``render()``, else ``(args, the build's params)``.
+    ``more_options(parser)`` adds a builder's own options to ``build``."""
     parser = argparse.ArgumentParser(prog=f"python -m fusion_bench_fw.offline.{name}")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help=f"build (or reuse) the {name} benchmark")
@@ -126,6 +127,8 @@ def builder_cli(argv, name: str, env_var: str, defaults, quick: dict, render):
     fields = list(type(defaults).__dataclass_fields__)
     for field in fields:
         b.add_argument("--" + field.replace("_", "-"), type=type(getattr(defaults, field)), default=None)
+    if more_options is not None:
+        more_options(b)
     c = sub.add_parser("configs", help=f"(re)write the {name} plugin configs")
     c.add_argument("--out", default=CONFIG_DIR)
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ the root."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -281,6 +282,58 @@ def build(
         return _build(root, params, force, progress, t0)
 
 
+def pixels(processor, x: np.ndarray):
+    """Images (uint8, N x 28 x 28) as the CLIP processor's pixel values, 1,000 at a time."""
+    import torch
+    from PIL import Image
+
+    out = []
+    for i in range(0, len(x), 1000):
+        imgs = [Image.fromarray(a).convert("RGB") for a in x[i : i + 1000]]
+        out.append(processor(images=imgs, return_tensors="pt")["pixel_values"])
+    return torch.cat(out)
+
+
+class Kit:
+    """The pre-trained CLIP and what fine-tuning and scoring a model need from it (its vision
+    tower, the frozen zero-shot heads): one place for the build and the zoo (:mod:`.zoo`)."""
+
+    def __init__(self, clip, processor):
+        from transformers import CLIPVisionModel
+
+        self.clip, self.processor = clip.requires_grad_(False), processor
+        self.scale = float(clip.logit_scale.exp())
+        self.vision = CLIPVisionModel(clip.config.vision_config)
+        self.vision.vision_model.load_state_dict(clip.vision_model.state_dict())
+        self.vision.eval()
+        self._heads: dict = {}
+
+    def pixels(self, x: np.ndarray):
+        return pixels(self.processor, x)
+
+    def head(self, classnames: tuple[str, ...]):
+        import torch
+
+        if classnames not in self._heads:
+            with torch.no_grad():
+                self._heads[classnames] = text_head(self.clip, self.processor, classnames)
+        return self._heads[classnames]
+
+    def accuracy(self, vm, x, y, classnames) -> float:
+        import torch
+
+        with torch.no_grad():
+            pred = (image_embeds(vm, self.clip.visual_projection, x) @ self.head(classnames).t()).argmax(-1)
+        return round(float((pred == torch.as_tensor(y)).float().mean()), 4)
+
+    def finetune(self, spec: ModelSpec, x, y, seed: int, params: BuildParams, on_step=None):
+        """``spec``'s task model fine-tuned from the pre-trained tower on pixels ``x``, labels ``y``."""
+        import torch
+
+        head = self.head(spec.task.classnames)
+        return finetune(self.vision, self.clip, self.scale, head, x, torch.as_tensor(y), seed, params, on_step)
+
+
 # where each source's validation images come from (the manifest records it; sources.py says why)
 VAL_SOURCE_NOTES = {
     "fashion": f"Fashion-MNIST's last {FASHION_VAL} train images: in no model's train slice, no test set, "
@@ -293,7 +346,6 @@ VAL_SOURCE_NOTES = {
 def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: float) -> dict:
     import datasets
     import torch
-    from PIL import Image
     from tqdm.auto import tqdm
     from transformers import CLIPModel, CLIPVisionModel
     from transformers.utils import logging as hf_logging
@@ -306,13 +358,6 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
     check_fashion_val(params, len(sources.fashion_pool[0]))
     processor = make_processor()
     _log(f"data loaded ({time.perf_counter() - t0:.1f}s); root {root}")
-
-    def pixels(x: np.ndarray):
-        out = []
-        for i in range(0, len(x), 1000):
-            imgs = [Image.fromarray(a).convert("RGB") for a in x[i : i + 1000]]
-            out.append(processor(images=imgs, return_tensors="pt")["pixel_values"])
-        return torch.cat(out)
 
     # ---- pre-training ---------------------------------------------------------------------
     pre_key = digest(
@@ -337,37 +382,20 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
     if key_matches(pre_dir, pre_key) and not force:
         clip = CLIPModel.from_pretrained(pre_dir).eval()
     else:
-        clip = pretrain(params, sources, processor, pixels, progress)
+        clip = pretrain(params, sources, processor, functools.partial(pixels, processor), progress)
         clip.save_pretrained(pre_dir)
         processor.save_pretrained(pre_dir)
         write_key(pre_dir, pre_key)
-    clip.requires_grad_(False)
-    scale = float(clip.logit_scale.exp())
+    kit = Kit(clip, processor)
     _log(f"pre-trained model ready ({time.perf_counter() - t0:.1f}s)")
-
-    heads: dict[tuple[str, ...], torch.Tensor] = {}
-
-    def head(classnames):
-        if classnames not in heads:
-            with torch.no_grad():
-                heads[classnames] = text_head(clip, processor, classnames)
-        return heads[classnames]
-
-    def accuracy(vm, x, y, classnames) -> float:
-        with torch.no_grad():
-            pred = (image_embeds(vm, clip.visual_projection, x) @ head(classnames).t()).argmax(-1)
-        return round(float((pred == torch.as_tensor(y)).float().mean()), 4)
 
     specs = model_specs(params.n_noisy)
     if params.scope != "all":
         specs = [s for s in specs if s.name in SCOPE_TASKS[params.scope]]
-    pretrained_vision = CLIPVisionModel(clip.config.vision_config)
-    pretrained_vision.vision_model.load_state_dict(clip.vision_model.state_dict())
-    pretrained_vision.eval()
 
     manifest_models: dict[str, dict] = {}
     task_vectors: dict[str, torch.Tensor] = {}
-    theta0 = flat(pretrained_vision)  # each task vector is a model's weights minus these
+    theta0 = flat(kit.vision)  # each task vector is a model's weights minus these
     accuracies: dict[str, dict[str, float]] = {PRETRAINED: {}}
     val_accuracies: dict[str, float] = {}
     splits: dict[str, dict[str, int]] = {}
@@ -398,37 +426,28 @@ def _build(root: str, params: BuildParams, force: bool, progress: bool, t0: floa
 
         model_dir = os.path.join(root, "models", spec.name)
         mkey = digest([pre_key, key, asdict(spec)])
-        px_te = pixels(x_te)
+        px_te = kit.pixels(x_te)
         if key_matches(model_dir, mkey) and not force:
             vm = CLIPVisionModel.from_pretrained(model_dir).eval()
         else:
-            vm = finetune(
-                pretrained_vision,
-                clip,
-                scale,
-                head(spec.task.classnames),
-                pixels(x_tr),
-                torch.as_tensor(y_tr),
-                spec.seed,
-                params,
-            )
+            vm = kit.finetune(spec, kit.pixels(x_tr), y_tr, spec.seed, params)
             vm.save_pretrained(model_dir)
             write_key(model_dir, mkey)
         task_vectors[spec.name] = flat(vm) - theta0
-        acc = accuracy(vm, px_te, y_te, spec.task.classnames)
-        px_va = pixels(x_va)
+        acc = kit.accuracy(vm, px_te, y_te, spec.task.classnames)
+        px_va = kit.pixels(x_va)
         if spec.group in ("task", "relevant"):
             accuracies[PRETRAINED].setdefault(
-                spec.base_task, accuracy(pretrained_vision, px_te, y_te, spec.task.classnames)
+                spec.base_task, kit.accuracy(kit.vision, px_te, y_te, spec.task.classnames)
             )
             if spec.base_task not in val_accuracies:
-                val_accuracies[spec.base_task] = accuracy(pretrained_vision, px_va, y_va, spec.task.classnames)
+                val_accuracies[spec.base_task] = kit.accuracy(kit.vision, px_va, y_va, spec.task.classnames)
         manifest_models[spec.name] = {
             "group": spec.group,
             "task": spec.base_task,
             "classnames": list(spec.task.classnames),
             "own_test_accuracy": acc,
-            "own_val_accuracy": accuracy(vm, px_va, y_va, spec.task.classnames),
+            "own_val_accuracy": kit.accuracy(vm, px_va, y_va, spec.task.classnames),
             "train_images": int(len(x_tr)),
         }
         bar.set_postfix_str(f"{spec.name} acc {acc:.3f}")

@@ -109,8 +109,10 @@ def pretrain(params: BuildParams, sources: Sources, processor, pixels, progress:
     return clip.eval()
 
 
-def finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, params: BuildParams):
-    """Full fine-tuning of a copy of the vision tower against a frozen head (AdamW, cosine)."""
+def finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, params: BuildParams, on_step=None):
+    """Full fine-tuning of a copy of the vision tower against a frozen head (AdamW, cosine).
+    ``on_step(step, model)``, when given, sees the model after each step (the zoo's snapshots of
+    a half-trained model come from inside the run, at no extra cost)."""
     import copy
 
     import torch
@@ -120,7 +122,7 @@ def finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, param
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(vm.parameters(), lr=params.finetune_lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=params.finetune_steps)
-    for _ in range(params.finetune_steps):
+    for step in range(params.finetune_steps):
         idx = torch.randint(len(y), (params.batch_size,), generator=gen)
         logits = scale * image_embeds(vm, clip.visual_projection, x[idx]) @ head.t()
         loss = F.cross_entropy(logits, y[idx])
@@ -128,4 +130,6 @@ def finetune(pretrained_vision, clip, scale: float, head, x, y, seed: int, param
         loss.backward()
         opt.step()
         sched.step()
+        if on_step is not None:
+            on_step(step + 1, vm)
     return vm.eval().requires_grad_(False)
