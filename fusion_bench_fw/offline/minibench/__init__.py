@@ -38,6 +38,8 @@ Real data (offline): Fashion-MNIST from the Debian package ``dataset-fashion-mni
 * ``relevant``: extra checkpoints of the TA8 tasks (other seed and data slice, same head).
 * ``irrelevant``: 8 pixel-permuted tasks and 8 label-permuted tasks (learnable, unrelated).
 * ``noisy``: models fine-tuned on random labels ("noise-trained").
+* the zoo (``build --zoo``, :mod:`.zoo`): every task's model of the scope plus its variants (seed,
+  half-trained, learning rates, far) and the noise-trained models, 121 checkpoints in all.
 
 Each model is cached under a key of everything it depends on; a rebuild reuses what matches.
 
@@ -48,6 +50,7 @@ The modules, one job each (this package re-exports what other code uses):
 * :mod:`.training`: the CLIP model, its contrastive pre-training and each model's fine-tuning;
 * :mod:`.builder`: the build parameters and scopes, and :func:`build` (data sets, models, cache
   keys, manifest);
+* :mod:`.zoo`: the model zoo over a build, its nested pools and its oracle;
 * :mod:`.configs`: the generated plugin configs and the command line (:func:`main`).
 
 What the mini and the text benchmark share (cache keys, manifest, the ``build|configs`` CLI,
@@ -72,6 +75,8 @@ from .builder import (
 from .configs import build_command, main, pool_contents, render_configs, scope_for, val_taskpools
 from .sources import load_fashion
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, model_specs
+from .zoo import MANIFEST as ZOO_MANIFEST
+from .zoo import VARIANTS, ZooParams, build_zoo, nested_pool, oracle, read_zoo_manifest, zoo_models
 
 __all__ = [
     "ALL_TASKS",
@@ -84,17 +89,25 @@ __all__ = [
     "TALL14",
     "TARGETS",
     "TASKS",
+    "VARIANTS",
+    "ZOO_MANIFEST",
     "BuildParams",
+    "ZooParams",
     "build",
+    "build_zoo",
     "build_command",
     "default_root",
     "load_fashion",
     "main",
     "model_specs",
+    "nested_pool",
+    "oracle",
     "pool_contents",
     "read_manifest",
+    "read_zoo_manifest",
     "render_configs",
     "scope_for",
     "task_vector_diagnostics",
     "val_taskpools",
+    "zoo_models",
 ]

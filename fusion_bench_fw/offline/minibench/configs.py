@@ -15,6 +15,7 @@ from ..builds import builder_cli
 from ..tiny_clip import TEMPLATES
 from .builder import ENV_VAR, QUICK, SCOPE_TASKS, SCOPES, BuildParams, build
 from .tasks import ALL_TASKS, TALL14, TARGETS, TASKS, model_specs
+from .zoo import VARIANTS, ZooParams, build_zoo, variant_names, zoo_models
 
 ROOT_EXPR = "${oc.env:" + ENV_VAR + ",${oc.env:HOME}/.cache/fusion_bench_fw/minibench}"
 
@@ -24,6 +25,7 @@ def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
     specs = model_specs()
     names = [s.name for s in specs]
     irrelevant = [s.name for s in specs if s.group == "irrelevant"]
+    zoo = [m.name for m in zoo_models()]
     return {
         "mini_TA8": (
             "the 8 tasks of the mini benchmark, one fine-tuned model each",
@@ -57,6 +59,14 @@ def pool_contents() -> dict[str, tuple[str, list[str], list[str], list[str]]]:
             names,
             list(ALL_TASKS),
             names,
+        ),
+        "mini_zoo": (
+            "the model zoo (build --zoo): every task's model plus its variants (other seed, half-trained, "
+            "larger and smaller learning rate, far) and the noise-trained models; benchmarks/zoo.py "
+            "selects pools with ~modelpool.models.NAME overrides",
+            zoo,
+            list(ALL_TASKS),
+            zoo,
         ),
     }
 
@@ -93,7 +103,8 @@ def scope_for(models: Sequence[str]) -> str:
 
 def build_command(models: Sequence[str]) -> str:
     """The command that builds the named models; error messages and config headers quote it."""
-    return f"python -m fusion_bench_fw.offline.minibench build --scope {scope_for(models)}"
+    zoo = " --zoo" if set(models) & set(variant_names()) else ""
+    return f"python -m fusion_bench_fw.offline.minibench build --scope {scope_for(models)}{zoo}"
 
 
 def _q(s: str) -> str:
@@ -102,7 +113,7 @@ def _q(s: str) -> str:
 
 def render_configs() -> dict[str, str]:
     """``{relative path under config/: yaml text}``."""
-    specs = {s.name: s for s in model_specs()}
+    specs = {s.name: s for s in model_specs()} | {m.name: m.spec for m in zoo_models()}
     out: dict[str, str] = {}
     data = lambda task, split: f"{ROOT_EXPR}/data/{task}/{split}"
     for name, (what, models, train, test) in pool_contents().items():
@@ -127,7 +138,7 @@ def render_configs() -> dict[str, str]:
                 lines += [
                     f"  {m}:",
                     "    _target_: datasets.load_from_disk",
-                    f"    dataset_path: {data(specs[m].base_task if specs[m].group == 'relevant' else m, split)}",
+                    f"    dataset_path: {data(specs[m].base_task, split)}",  # extra checkpoints: their task's
                 ]
         out[f"modelpool/{name}.yaml"] = "\n".join(lines) + "\n"
     pools = [(name, what, tasks, "test") for name, (what, tasks) in TASKPOOLS.items()]
@@ -174,11 +185,24 @@ def render_configs() -> dict[str, str]:
 # --------------------------------------------------------------------------------------------
 
 
+def _zoo_options(parser) -> None:
+    parser.add_argument(
+        "--zoo",
+        action="store_true",
+        help="then the model zoo over the build (zoo.py): the scope's tasks fine-tuned more ways, "
+        "and with scope all the noise-trained models",
+    )
+    parser.add_argument("--zoo-variants", nargs="+", choices=VARIANTS, default=None, help="default: all")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parsed = builder_cli(argv, "minibench", ENV_VAR, BuildParams(), QUICK, render_configs)
+    parsed = builder_cli(argv, "minibench", ENV_VAR, BuildParams(), QUICK, render_configs, _zoo_options)
     if parsed is None:
         return 0
     args, params = parsed
+    if args.zoo:
+        zoo = ZooParams(params, tuple(args.zoo_variants or VARIANTS))
+        return _print_zoo(build_zoo(args.root, zoo, force=args.force, progress=not args.no_progress))
     m = build(args.root, params, force=args.force, progress=not args.no_progress)
     print(f"{'model':<20} {'group':<10} {'own test acc':>12} {'pretrained':>10}")
     for name, info in m["models"].items():
@@ -187,5 +211,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<20} {info['group']:<10} {info['own_test_accuracy']:>12.3f} {'' if pre is None else f'{pre:.3f}':>10}"
         )
     print(f"root: {m['root']} (build {m['build_seconds']}s)")
+    print(f"export {ENV_VAR}={m['root']}")
+    return 0
+
+
+def _print_zoo(m: dict) -> int:
+    print(f"{'checkpoint':<28} {'variant':<8} {'lr':>8} {'steps':>5} {'val acc':>7} {'test acc':>8} {'norm ratio':>10}")
+    for name, info in m["models"].items():
+        print(
+            f"{name:<28} {info['variant']:<8} {info['lr']:>8.2g} {info['steps']:>5} {info['own_val_accuracy']:>7.3f} "
+            f"{info['own_test_accuracy']:>8.3f} {info['norm_ratio']:>10.4f}"
+        )
+    print(f"root: {m['root']} ({len(m['models'])} checkpoints; zoo build {m['build_seconds']}s)")
     print(f"export {ENV_VAR}={m['root']}")
     return 0
