@@ -265,6 +265,11 @@ def _has_key(path: str, key: str) -> bool:
         return False
 
 
+def models_present(root: str, names) -> bool:
+    """Whether every named model is saved under ``root`` (a manifest whose key matches is reused then)."""
+    return all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in names)
+
+
 def build(
     root: str | None = None, params: BuildParams | None = None, force: bool = False, progress: bool = True
 ) -> dict:
@@ -274,9 +279,8 @@ def build(
     key = params.manifest_key()
     old = read_manifest(root)
     covers = old and old.get("scope") in SCOPES and SCOPES.index(old["scope"]) >= SCOPES.index(params.scope)
-    if not force and old and old.get("key") == key and covers:
-        if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
-            return old
+    if not force and old and old.get("key") == key and covers and models_present(root, old["models"]):
+        return old
     t0 = time.perf_counter()
     with torch_threads(params.threads):
         return _build(root, params, force, progress, t0)

@@ -34,7 +34,7 @@ from fusion_bench_fw import PRETRAINED
 from .. import builds
 from ..builds import digest, flat, key_matches, torch_threads, write_key, write_manifest
 from ..tiny_clip import make_processor
-from .builder import ENV_VAR, SCOPE_TASKS, BuildParams, Kit, _log, build, default_root, task_data
+from .builder import ENV_VAR, SCOPE_TASKS, BuildParams, Kit, _log, build, default_root, models_present, task_data
 from .sources import load_sources
 from .tasks import ALL_TASKS, ModelSpec, model_specs
 
@@ -202,9 +202,8 @@ def build_zoo(
     params = params or ZooParams()
     base = build(root, params.build, force=force, progress=progress)
     old = read_zoo_manifest(root)
-    if not force and old and old.get("key") == params.key():
-        if all(os.path.isfile(os.path.join(root, "models", m, "model.safetensors")) for m in old["models"]):
-            return old
+    if not force and old and old.get("key") == params.key() and models_present(root, old["models"]):
+        return old
     t0 = time.perf_counter()
     with torch_threads(params.build.threads):
         return _build_zoo(root, params, base, old or {}, force, progress, t0)
