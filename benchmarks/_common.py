@@ -321,10 +321,19 @@ def drop_models(
     return out
 
 
-def mini_build(scope_or_pool: str, *, seed: int = 0, root: str | None = None, quick: bool = False, threads: int = 1):
+def mini_build(
+    scope_or_pool: str,
+    *,
+    seed: int = 0,
+    root: str | None = None,
+    quick: bool = False,
+    threads: int = 1,
+    zoo: Sequence[str] | None = None,
+):
     """The mini benchmark's build (built if needed) for a scope (``ta8``...``all``) or a model pool
     (its smallest scope), returning the manifest: seed 0 at ``root`` (default: the env var or the
-    cache dir), seed k beside it at ``<root>-seed<k>``. The one place the scripts set a build up."""
+    cache dir), seed k beside it at ``<root>-seed<k>``. ``zoo``: also the model zoo over it, with
+    these variants, returning the zoo's manifest. The one place the scripts set a build up."""
     from fusion_bench_fw.offline import minibench
 
     scope = scope_or_pool
@@ -332,7 +341,10 @@ def mini_build(scope_or_pool: str, *, seed: int = 0, root: str | None = None, qu
         scope = minibench.scope_for(minibench.pool_contents()[scope_or_pool][1])
     params = minibench.BuildParams(scope=scope, **(minibench.QUICK if quick else {}), seed=seed, threads=threads)
     root = root or os.environ.get(minibench.ENV_VAR) or minibench.default_root()
-    return minibench.build(root if seed == 0 else f"{root.rstrip('/')}-seed{seed}", params)
+    root = root if seed == 0 else f"{root.rstrip('/')}-seed{seed}"
+    if zoo is not None:
+        return minibench.build_zoo(root, minibench.ZooParams(params, tuple(zoo)))
+    return minibench.build(root, params)
 
 
 def add_run_options(parser, full: dict, quick: dict) -> None:

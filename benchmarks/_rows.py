@@ -48,6 +48,18 @@ def _text_pools() -> dict[str, tuple[str, str, tuple[str, ...]]]:
 
 TEXT_POOLS = _text_pools()
 
+# how the plots draw a method: (label, colour, marker)
+STYLE = {
+    "task_arithmetic": ("Task Arithmetic", "tab:orange", "s"),
+    "fw_hard": ("FW-hard", "tab:green", "^"),
+    "fw_soft": ("FW-soft", "tab:blue", "o"),
+    "fw_hard_guard": ("FW-hard + guard", "tab:olive", "v"),
+    "fw_soft_guard": ("FW-soft + guard", "tab:cyan", "P"),
+    "simple_average": ("Simple average", "tab:gray", "x"),
+    "ties_merging": ("TIES", "tab:red", "d"),
+    "tsv_m": ("TSV-M", "tab:purple", "*"),
+}
+
 # rows that fail inside FusionBench 0.2.33 itself on this stack; they keep their row and the reason
 UPSTREAM_FAILURES = {
     "regmean_plusplus": "IndexError in RegMeanAlgorithmForCLIPPlusPlus.layer_batches_forward "

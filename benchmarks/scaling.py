@@ -46,6 +46,7 @@ from _common import (  # noqa: E402
     run_fusion_bench,
     total_seconds,
 )
+from _rows import STYLE  # noqa: E402
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
@@ -197,21 +198,12 @@ def plot(results: dict, out: Path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    style = {
-        "task_arithmetic": ("Task Arithmetic", "tab:orange", "s"),
-        "fw_hard": ("FW-hard", "tab:green", "^"),
-        "fw_soft": ("FW-soft", "tab:blue", "o"),
-        "fw_hard_guard": ("FW-hard + guard", "tab:olive", "v"),
-        "fw_soft_guard": ("FW-soft + guard", "tab:cyan", "P"),
-        "simple_average": ("Simple average", "tab:gray", "x"),
-        "ties_merging": ("TIES", "tab:red", "d"),
-    }
     for exp, rows in results["experiments"].items():
         fig, ax = plt.subplots(figsize=(5.5, 4))
         for m in results["methods"]:
             pts = [(r["added"], 100 * r["average"]) for r in rows if r["method"] == m and r["status"] == "ok"]
             if pts:
-                label, color, marker = style.get(m, (m, None, "o"))
+                label, color, marker = STYLE.get(m, (m, None, "o"))
                 ax.plot(*zip(*pts), marker=marker, color=color, label=label)
         ax.set_xlabel(f"# {exp} models added")
         ax.set_ylabel("average accuracy (%)")
