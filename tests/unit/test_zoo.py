@@ -1,6 +1,6 @@
 """The mini benchmark's model zoo without a build: its checkpoint list, the nested pools the
 benchmark draws, the validation oracle, and the fine-tune's snapshot hook (the zoo built and
-benchmarked through the CLI: tests/integration/test_zoo.py)."""
+benchmarked through the CLI: tests/integration/test_zoo_benchmark.py)."""
 
 from __future__ import annotations
 
