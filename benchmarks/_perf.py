@@ -1,12 +1,15 @@
 """What the performance benchmarks share: the ViT-B/32-shaped pool on disk, measurements in a
 fresh child process (its ru_maxrss is the configuration's peak), CLI runs with their wall time and
-memory, the machine line, and the report files. Imported by perf.py, perf_adamerging.py,
-perf_intree.py and lora_scale.py (never a script imported by another)."""
+memory, the page cache (a timed sequential read, eviction, residency), the machine line, and the
+report files. Imported by perf.py, perf_zoo.py, perf_adamerging.py, perf_intree.py and lora_scale.py
+(never a script imported by another)."""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
+import mmap
 import os
 import platform
 import shutil
@@ -38,6 +41,23 @@ def candidate_names(n: int) -> list[str]:
     return [TASKS[i] if i < len(TASKS) else f"extra_{i:02d}" for i in range(n)]
 
 
+def model_paths(root: Path, names) -> dict[str, str]:
+    """The safetensors file of each pool model of :func:`build_pool`, by name."""
+    return {n: str(root / "models" / n / "model.safetensors") for n in names}
+
+
+def built_pool(root: Path, n_max: int, vision: dict, with_data: bool) -> dict | None:
+    """The manifest of the pool at ``root`` when it serves these settings, else None: at least
+    ``n_max`` models (a larger pool's first models are the smaller one's), data if asked for."""
+    manifest = root / "manifest.json"
+    if not manifest.is_file():
+        return None
+    built = json.loads(manifest.read_text())
+    key = built.get("key") or {}
+    same = key.get("version") == POOL_VERSION and key.get("vision") == vision
+    return built if same and key.get("n_max", 0) >= n_max and key.get("with_data", False) >= with_data else None
+
+
 def build_pool(root: Path, n_max: int, vision: dict, with_data: bool) -> dict:
     """``root/models/_pretrained_`` (a CLIPModel: ViT vision tower + the tiny text tower of
     tiny_clip, so zero-shot heads exist), ``root/models/<name>`` (CLIPVisionModel, pretrained +
@@ -45,9 +65,8 @@ def build_pool(root: Path, n_max: int, vision: dict, with_data: bool) -> dict:
     import torch
 
     key = dict(version=POOL_VERSION, n_max=n_max, vision=vision, with_data=with_data)
-    manifest = root / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
-        return json.loads(manifest.read_text())
+    if built := built_pool(root, n_max, vision, with_data):
+        return built
     from transformers import CLIPModel, CLIPVisionModel
 
     from fusion_bench_fw.offline import tiny_clip
@@ -86,7 +105,7 @@ def build_pool(root: Path, n_max: int, vision: dict, with_data: bool) -> dict:
         _write_task_data(root)
     n_params = sum(p.numel() for p in vision_model.parameters())
     out = dict(key=key, n_params=n_params, seconds=round(time.perf_counter() - t0, 1))
-    manifest.write_text(json.dumps(out, indent=1))
+    (root / "manifest.json").write_text(json.dumps(out, indent=1))
     return out
 
 
@@ -107,20 +126,79 @@ def _write_task_data(root: Path, n: int = 32) -> None:
             ).save_to_disk(str(root / "data" / task / split))
 
 
-def page_cache_bandwidth(path: str, repeats: int = 3) -> float:
-    """Bytes/s of ``read()`` from a file already in the page cache into a reused 16 MB buffer."""
-    buf = bytearray(16 << 20)
-    view = memoryview(buf)
-    size = os.path.getsize(path)
-    times = []
-    for i in range(repeats + 1):
+def read_through(paths, buffer_bytes: int = 16 << 20) -> float:
+    """Seconds to ``read()`` the files once, in order, into one reused buffer: what a pass over
+    their bytes costs with no work on them."""
+    view = memoryview(bytearray(buffer_bytes))
+    t = time.perf_counter()
+    for path in paths:
         with open(path, "rb", buffering=0) as f:
-            t = time.perf_counter()
             while f.readinto(view):
                 pass
-            if i:  # the first read warms the cache
-                times.append(time.perf_counter() - t)
-    return size / statistics.median(times)
+    return time.perf_counter() - t
+
+
+def page_cache_bandwidth(path: str, repeats: int = 3) -> float:
+    """Bytes/s of ``read()`` from a file already in the page cache into a reused 16 MB buffer."""
+    read_through([path])  # warms the cache
+    return os.path.getsize(path) / statistics.median(read_through([path]) for _ in range(repeats))
+
+
+def drop_from_page_cache(paths) -> None:
+    """Evict the files from this kernel's page cache (``posix_fadvise(DONTNEED)``; fsync first,
+    since dirty pages stay). Pages a process still maps stay too; /proc/sys/vm/drop_caches needs
+    root and drops everything, this needs neither. Check with :func:`resident_fraction`."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    return libc
+
+
+def resident_fraction(paths) -> float:
+    """Fraction of the files' pages in the page cache: ``mincore`` on a fresh read-only mapping,
+    which faults nothing in, so "cold" and "warm" are measured, not assumed."""
+    import numpy as np
+
+    libc, resident, total = _libc(), 0, 0
+    for path in paths:
+        size = os.path.getsize(path)
+        if not size:
+            continue
+        pages = -(-size // mmap.PAGESIZE)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {path} failed")
+            try:
+                vec = (ctypes.c_ubyte * pages)()
+                if libc.mincore(addr, size, vec):
+                    raise OSError(ctypes.get_errno(), f"mincore of {path} failed")
+            finally:
+                libc.munmap(addr, size)
+        finally:
+            os.close(fd)
+        resident += int((np.frombuffer(vec, dtype=np.uint8) & 1).sum())
+        total += pages
+    return resident / total if total else 1.0
+
+
+def meminfo(field: str = "MemAvailable") -> int:
+    """Bytes of a /proc/meminfo field (MemAvailable: what the page cache and new processes can have)."""
+    with open("/proc/meminfo") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def add_child_arguments(parser: argparse.ArgumentParser) -> None:
@@ -137,18 +215,18 @@ def serve_child(args, run) -> bool:
     return True
 
 
+def child_env() -> dict[str, str]:
+    """This process's environment with the checkout first on PYTHONPATH, for a script run as a child."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]))
+
+
 def measure(spec: dict, workdir: Path, script: str) -> dict:
     """Run ``spec`` in a fresh child (``script --child SPEC --child-out FILE``); its ru_maxrss
     (via wait4) is that configuration's peak."""
     workdir.mkdir(parents=True, exist_ok=True)
     tag = f"{spec['variant']}_{spec['n']}_{spec.get('repeat', 0)}"
     out, log = workdir / f"child_{tag}.json", workdir / f"child_{tag}.log"
-    env = dict(
-        os.environ,
-        OMP_NUM_THREADS=str(spec["threads"]),
-        MKL_NUM_THREADS=str(spec["threads"]),
-        PYTHONPATH=os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
-    )
+    env = dict(child_env(), OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
     with open(log, "w") as f:
         proc = subprocess.Popen(
             [sys.executable, script, "--child", json.dumps(spec), "--child-out", str(out)],

@@ -40,6 +40,7 @@ from _perf import (  # noqa: E402
     machine,
     measure,
     med,
+    model_paths,
     page_cache_bandwidth,
     run_cli,
     serve_child,
@@ -70,7 +71,7 @@ def run_child(spec: dict) -> dict:
     device = torch.device(spec["device"])
     root = Path(spec["root"])
     names = candidate_names(spec["n"])
-    paths = {n: str(root / "models" / n / "model.safetensors") for n in names}
+    paths = model_paths(root, names)
     bandwidth = page_cache_bandwidth(paths[names[0]])
 
     template = CLIPVisionModel.from_pretrained(str(root / "models" / "_pretrained_")).to(device).eval()

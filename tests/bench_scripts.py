@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -19,3 +20,14 @@ def load_script(name: str):
         return module
     finally:
         sys.path.remove(str(BENCHMARKS))
+
+
+def on_tmpfs(path) -> bool:
+    """Whether ``path`` lies on tmpfs, whose pages are the file itself: posix_fadvise cannot evict them."""
+    path, best, fstype = os.path.realpath(path), "", ""
+    with open("/proc/mounts") as f:
+        for line in f:
+            _, mount, kind, *_ = line.split()
+            if (path == mount or path.startswith(mount.rstrip("/") + "/")) and len(mount) > len(best):
+                best, fstype = mount, kind
+    return fstype == "tmpfs"
