@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _perf import add_child_arguments, machine, measure, serve_child, write_report  # noqa: E402
+from _perf import add_child_arguments, machine, measure, meminfo, serve_child, write_report  # noqa: E402
 
 LLAMA_1B = dict(
     hidden_size=2048,
@@ -52,6 +52,8 @@ QUICK = dict(LLAMA_1B, num_hidden_layers=2, vocab_size=4096)
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 RANK, ALPHA = 16, 32
 SHARD_BYTES = 1 << 30
+PROCESS_BYTES = 3 << 29  # a cell's process beyond its tensors (torch, FusionBench, buffers): 1.5 GiB
+DISK_MARGIN = 2 << 30  # left free on the disk
 
 
 def llama_tensors(shape: dict) -> dict[str, tuple[int, ...]]:
@@ -76,82 +78,159 @@ def llama_tensors(shape: dict) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def adapted(key: str) -> bool:
-    return any(f".{t}." in key for t in TARGETS)
+def adapted(key: str, targets=TARGETS) -> bool:
+    return any(f".{t}." in key for t in targets)
+
+
+def adapter_bytes(shape: dict, targets=TARGETS) -> int:
+    """Bytes of one adapter's bf16 factors: B (out x r) and A (r x in) per adapted tensor."""
+    return sum(2 * RANK * sum(s) for k, s in llama_tensors(shape).items() if adapted(k, targets))
+
+
+def adapter_dir(root: Path, targets) -> Path:
+    """One folder per adapter set (rank and modules), beside the base they share."""
+    return root / (f"r{RANK}_" + "_".join(t.removesuffix("_proj") for t in targets))
+
+
+def adapter_names(n: int) -> list[str]:
+    return [f"lora_{i:04d}" for i in range(n)]
 
 
 # ----------------------------------------------------------------------------------- the pool
-def build(root: Path, shape: dict, n_max: int) -> dict:
-    """``root/base`` (config.json + sharded bf16 safetensors + index) and ``root/lora_<i>``."""
+def build(root: Path, shape: dict, n: int, targets=TARGETS) -> dict:
+    """``root/base`` (config.json + sharded bf16 safetensors + index), built once per shape, and
+    the first ``n`` adapters of ``adapter_dir(root, targets)``, each written once (adapter i is
+    the same whatever n asked for it), so a larger N only writes the adapters it adds."""
     import torch
     from peft import LoraConfig
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    key = dict(version=1, shape=shape, n_max=n_max, rank=RANK)
+    key = dict(version=2, shape=shape)
     manifest = root / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
-        return json.loads(manifest.read_text())
-    if root.exists():
-        shutil.rmtree(root)
-    base = root / "base"
-    base.mkdir(parents=True)
+    built = json.loads(manifest.read_text()) if manifest.is_file() else {}
     t0 = time.perf_counter()
-    LlamaConfig(**shape, tie_word_embeddings=False, torch_dtype="bfloat16").save_pretrained(base)
+    base = root / "base"
     tensors = llama_tensors(shape)
-    gen = torch.Generator().manual_seed(0)
-    weight_map, shard, size, index = {}, {}, 0, 0
+    if built.get("key") != key:
+        shutil.rmtree(root, ignore_errors=True)  # adapters depend on the shape too
+        base.mkdir(parents=True)
+        LlamaConfig(**shape, tie_word_embeddings=False, torch_dtype="bfloat16").save_pretrained(base)
+        gen = torch.Generator().manual_seed(0)
+        weight_map, shard, size, index = {}, {}, 0, 0
 
-    def flush():
-        nonlocal shard, size, index
-        if shard:
-            name = f"model-{index:05d}.safetensors"
-            save_file(shard, str(base / name), metadata={"format": "pt"})
-            weight_map.update({k: name for k in shard})
-            shard, size, index = {}, 0, index + 1
+        def flush():
+            nonlocal shard, size, index
+            if shard:
+                name = f"model-{index:05d}.safetensors"
+                save_file(shard, str(base / name), metadata={"format": "pt"})
+                weight_map.update({k: name for k in shard})
+                shard, size, index = {}, 0, index + 1
 
-    for k, s in tensors.items():
-        t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * (1 / math.sqrt(s[-1]))
-        shard[k] = t.to(torch.bfloat16)
-        size += shard[k].numel() * 2
-        if size >= SHARD_BYTES:
-            flush()
-    flush()
-    # the shard names in the index must say "of N": rename once the count is known
-    total = index
-    renamed = {}
-    for i in range(total):
-        old, new = f"model-{i:05d}.safetensors", f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-        (base / old).rename(base / new)
-        renamed[old] = new
-    weight_map = {k: renamed[v] for k, v in weight_map.items()}
-    n_params = sum(math.prod(s) for s in tensors.values())
-    (base / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": 2 * n_params}, "weight_map": weight_map}, indent=1)
-    )
-    for i in range(n_max):
-        folder = root / f"lora_{i:02d}"
-        LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(TARGETS), task_type="CAUSAL_LM").save_pretrained(
-            folder
+        for k, s in tensors.items():
+            t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * (1 / math.sqrt(s[-1]))
+            shard[k] = t.to(torch.bfloat16)
+            size += shard[k].numel() * 2
+            if size >= SHARD_BYTES:
+                flush()
+        flush()
+        # the shard names in the index must say "of N": rename once the count is known
+        total = index
+        renamed = {}
+        for i in range(total):
+            old, new = f"model-{i:05d}.safetensors", f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+            (base / old).rename(base / new)
+            renamed[old] = new
+        weight_map = {k: renamed[v] for k, v in weight_map.items()}
+        n_params = sum(math.prod(s) for s in tensors.values())
+        (base / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": 2 * n_params}, "weight_map": weight_map}, indent=1)
         )
+        built = dict(key=key, n_params=n_params, seconds=round(time.perf_counter() - t0, 1))
+        manifest.write_text(json.dumps(built, indent=1))
+
+    folder = adapter_dir(root, targets)
+    set_key = dict(version=1, shape=shape, rank=RANK, alpha=ALPHA, targets=list(targets))
+    set_manifest = folder / "manifest.json"
+    if not (set_manifest.is_file() and json.loads(set_manifest.read_text()) == set_key):
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(targets), task_type="CAUSAL_LM").save_pretrained(
+            folder / "_config"
+        )
+        set_manifest.write_text(json.dumps(set_key, indent=1))
+    t1, written = time.perf_counter(), 0
+    for i, name in enumerate(adapter_names(n)):
+        if (folder / name).is_dir():
+            continue
+        tmp = folder / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        shutil.copyfile(folder / "_config" / "adapter_config.json", tmp / "adapter_config.json")
+        gen = torch.Generator().manual_seed(1 + i)
         factors = {}
         for k, s in tensors.items():
-            if adapted(k):
+            if adapted(k, targets):
                 stem = "base_model.model." + k.removesuffix(".weight")
                 factors[stem + ".lora_A.weight"] = (torch.randn(RANK, s[1], generator=gen) / math.sqrt(s[1])).to(
                     torch.bfloat16
                 )
                 factors[stem + ".lora_B.weight"] = (0.01 * torch.randn(s[0], RANK, generator=gen)).to(torch.bfloat16)
-        save_file(factors, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
-    out = dict(
-        key=key,
-        n_params=n_params,
-        n_adapted=sum(math.prod(s) for k, s in tensors.items() if adapted(k)),
-        adapter_bytes=os.path.getsize(root / "lora_00" / "adapter_model.safetensors"),
-        seconds=round(time.perf_counter() - t0, 1),
+        save_file(factors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        tmp.rename(folder / name)  # complete or absent
+        written += 1
+    return dict(
+        built,
+        n_adapted=sum(math.prod(s) for k, s in tensors.items() if adapted(k, targets)),
+        adapter_bytes=os.path.getsize(folder / adapter_names(1)[0] / "adapter_model.safetensors") if n else 0,
+        adapters_written=written,
+        adapters_seconds=round(time.perf_counter() - t1, 1),
     )
-    manifest.write_text(json.dumps(out, indent=1))
-    return out
+
+
+def skip_reason(
+    variant: str, n: int, shape: dict, targets, mem_bytes: int, disk_bytes: int, on_disk: int = 0
+) -> str | None:
+    """Why a cell would not fit this machine (None: it fits). The factored store holds every
+    adapter's factors in memory beside the bf16 iterate and gradient; the full path writes one merged
+    model per candidate; ``on_disk`` adapters are written already."""
+    n_params = sum(math.prod(s) for s in llama_tensors(shape).values())
+    factors = n * adapter_bytes(shape, targets) if variant == "factored" else 0
+    peak = 4 * n_params + factors + PROCESS_BYTES
+    if peak > mem_bytes:
+        return (
+            f"projected peak {peak / 2**30:.1f} GiB (iterate and gradient {4 * n_params / 2**30:.1f}, "
+            f"factors {factors / 2**30:.1f}, process {PROCESS_BYTES / 2**30:.1f}) > {mem_bytes / 2**30:.1f} GiB allowed"
+        )
+    written = max(0, n - on_disk) * adapter_bytes(shape, targets) + (n * 2 * n_params if variant == "full" else 0)
+    if written > disk_bytes:
+        return f"needs {written / 2**30:.1f} GiB on disk (adapters and spills), {disk_bytes / 2**30:.1f} GiB free"
+    return None
+
+
+def fit_line(xs, ys) -> tuple[float, float]:
+    """Least-squares ``(intercept, slope)`` of ys over xs."""
+    x_mean, y_mean = statistics.mean(xs), statistics.mean(ys)
+    slope = sum((x - x_mean) * (y - y_mean) for x, y in zip(xs, ys)) / sum((x - x_mean) ** 2 for x in xs)
+    return y_mean - slope * x_mean, slope
+
+
+def factored_fit(report: dict) -> dict | None:
+    """The factored cells' LMO pass (fastest of each cell) and peak RSS as a + b N: b is what one
+    more adapter costs per pass, and in memory beside its factors' size."""
+    cells = sorted((r for r in report["runs"] if r["variant"] == "factored"), key=lambda r: r["n"])
+    if len({r["n"] for r in cells}) < 2:
+        return None
+    ns = [r["n"] for r in cells]
+    base_s, per_candidate_s = fit_line(ns, [min(r["lmo_s"]) for r in cells])
+    rss_mib, rss_per_candidate_mib = fit_line(ns, [r["peak_rss_mb"] for r in cells])
+    return dict(
+        base_s=base_s,
+        per_candidate_s=per_candidate_s,
+        rss_mib=rss_mib,
+        rss_per_candidate_mib=rss_per_candidate_mib,
+        adapter_mib=report["adapter_bytes"] / 2**20,
+    )
 
 
 # ------------------------------------------------------------------------- one cell (child)
@@ -175,13 +254,13 @@ def run_child(spec: dict) -> dict:
 
     torch.set_num_threads(spec["threads"])
     root, n = Path(spec["root"]), spec["n"]
-    names = [f"lora_{i:02d}" for i in range(n)]
+    names = adapter_names(n)
     models = {"_pretrained_": str(root / "base")}
     for name in names:  # as config/modelpool/llama-2-7b_lora16_fw.yaml loads its adapters
         models[name] = {
             "_target_": "fusion_bench.modelpool.causal_lm.causal_lm.load_peft_causal_lm",
             "base_model_path": str(root / "base"),
-            "peft_model_path": str(root / name),
+            "peft_model_path": str(Path(spec["adapters"]) / name),
             "torch_dtype": "bfloat16",
             "is_trainable": False,
             "merge_and_unload": True,
@@ -258,29 +337,26 @@ def per_tensor_costs(store, theta, grad, names) -> dict:
 def extrapolate(report: dict) -> dict:
     """LLaMA-2-7B x 16 from this model's measured per-element costs (see the module docstring)."""
     rows = {(r["variant"], r["n"]): r for r in report["runs"]}
-    tensors = llama_tensors(LLAMA2_7B)
+    tensors, targets = llama_tensors(LLAMA2_7B), report.get("targets", TARGETS)
     p7 = sum(math.prod(s) for s in tensors.values())
-    a7 = sum(math.prod(s) for k, s in tensors.items() if adapted(k))
+    a7 = sum(math.prod(s) for k, s in tensors.items() if adapted(k, targets))
     n = 16
     per = next((r["per_tensor"] for r in report["runs"] if r.get("per_tensor")), None)
     out = dict(params=p7, adapted_params=a7, n=n, rank=RANK)
     if per:
-        lin = [v for k, v in per.items() if adapted(k)]
-        other = [v for k, v in per.items() if not adapted(k)]
+        lin = [v for k, v in per.items() if adapted(k, targets)]
+        other = [v for k, v in per.items() if not adapted(k, targets)]
         base_per_elem = sum(v["base_s"] for v in lin + other) / sum(v["numel"] for v in lin + other)
         factor_per_elem = sum(v["per_candidate_s"] for v in lin) / sum(v["numel"] for v in lin)
         out["factored_lmo_s"] = base_per_elem * p7 + factor_per_elem * a7 * n
         out["factored_base_per_param_ns"] = 1e9 * base_per_elem
         out["factored_per_adapted_param_candidate_ns"] = 1e9 * factor_per_elem
         out["factored_disk_bytes"] = 0
-        out["adapter_bytes_7b"] = 2 * RANK * sum(sum(s) for k, s in tensors.items() if adapted(k))
+        out["adapter_bytes_7b"] = adapter_bytes(LLAMA2_7B, targets)
     full = sorted((r for (v, _), r in rows.items() if v == "full"), key=lambda r: r["n"])
     if len(full) >= 2:  # pass = a + b N over the measured cells (least squares), per parameter
         params, ns = report["n_params"], [r["n"] for r in full]
-        times = [min(r["lmo_s"]) for r in full]
-        n_mean, t_mean = statistics.mean(ns), statistics.mean(times)
-        slope = sum((x - n_mean) * (y - t_mean) for x, y in zip(ns, times)) / sum((x - n_mean) ** 2 for x in ns)
-        intercept = t_mean - slope * n_mean
+        intercept, slope = fit_line(ns, [min(r["lmo_s"]) for r in full])
         spill_per = statistics.median(r["build_s"] / (r["n"] * params) for r in full)
         out["full_lmo_s"] = (intercept + slope * n) * p7 / params
         out["full_spill_s"] = spill_per * p7 * n
@@ -299,7 +375,7 @@ def render(report: dict) -> str:
         f"hidden {report['shape']['hidden_size']}, MLP {report['shape']['intermediate_size']}, vocab "
         f"{report['shape']['vocab_size']}), random weights, {report['n_params'] / 1e9:.2f}B parameters, bf16 sharded "
         f"safetensors ({2 * report['n_params'] / gib:.2f} GiB). Adapters: rank {RANK}, alpha {ALPHA}, on "
-        f"{'/'.join(TARGETS)} of every layer ({report['adapter_bytes'] / 2**20:.1f} MiB each). "
+        f"{'/'.join(report.get('targets', TARGETS))} of every layer ({report['adapter_bytes'] / 2**20:.1f} MiB each). "
         f"{report['threads']} torch thread(s); a fresh process per cell; iterate and gradient held in bf16 in "
         "every cell.",
         "",
@@ -321,6 +397,15 @@ def render(report: dict) -> str:
         "spilled once to safetensors, streamed). LMO pass s: each pass of the cell, in order (the "
         "first may read from disk, later ones from the page cache when the files fit in it). Written: /proc/self/io write_bytes of the cell's process.",
     ]
+    lines += [f"- not run: {r['variant']} N={r['n']}: {r['reason']}" for r in report.get("skipped", [])]
+    f = report.get("fit")
+    if f:
+        lines += [
+            "",
+            f"Factored cells fitted as a + b N: LMO pass {f['base_s']:.2f} s + {f['per_candidate_s']:.4f} s per adapter; "
+            f"peak RSS {f['rss_mib']:.0f} MiB + {f['rss_per_candidate_mib']:.1f} MiB per adapter (its factors: "
+            f"{f['adapter_mib']:.1f} MiB, held in memory by the store).",
+        ]
     e = report.get("extrapolation")
     if e:
         lines += ["", f"**Extrapolation to LLaMA-2-7B x {e['n']} rank-{e['rank']} adapters (not measured)**", ""]
@@ -356,6 +441,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, default=2, help="LMO passes per cell")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--quick", action="store_true", help="2 layers, small vocabulary: a smoke run")
+    p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS, help="modules the adapters adapt")
+    p.add_argument(
+        "--mem-limit",
+        type=float,
+        default=0.8,
+        help="skip a cell whose projected peak exceeds this fraction of the memory available at the start",
+    )
     p.add_argument("--root", default="/tmp/fw-lora-scale")
     p.add_argument("--out", default="outputs/lora_scale")
     p.add_argument("--clean", action="store_true", help="delete --root (model, adapters, spills) at the end")
@@ -377,9 +469,27 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = machine()
     print(f"[lora_scale] {info}", flush=True)
-    pool = build(root, shape, max(a.factored + a.full))
-    print(f"[lora_scale] pool at {root}: {pool['n_params'] / 1e9:.2f}B parameters (built in {pool['seconds']} s)")
-    cells = [("factored", n) for n in a.factored] + [("full", n) for n in a.full]
+    folder = adapter_dir(root, a.targets)
+    on_disk = len(list(folder.glob("lora_*")))
+    free = shutil.disk_usage(next(d for d in [root, *root.parents] if d.exists())).free - DISK_MARGIN
+    base_bytes = (
+        0 if (root / "manifest.json").is_file() else 2 * sum(math.prod(s) for s in llama_tensors(shape).values())
+    )
+    cells, skipped = [], []
+    for variant, n in [("factored", n) for n in a.factored] + [("full", n) for n in a.full]:
+        reason = skip_reason(variant, n, shape, a.targets, int(a.mem_limit * meminfo()), free - base_bytes, on_disk)
+        if reason:
+            print(f"[lora_scale] not running {variant} N={n}: {reason}", flush=True)
+            skipped.append(dict(variant=variant, n=n, reason=reason))
+        else:
+            cells.append((variant, n))
+    pool = build(root, shape, max((n for _, n in cells), default=0), a.targets)
+    print(
+        f"[lora_scale] pool at {root}: {pool['n_params'] / 1e9:.2f}B parameters (its build took {pool['seconds']} s), "
+        f"{pool['adapters_written']} adapters written in {pool['adapters_seconds']} s",
+        flush=True,
+    )
+    largest = max((n for v, n in cells if v == "factored"), default=None)
     rows = []
     for variant, n in cells:
         cache = root / "spill" / f"{variant}_{n}"
@@ -387,10 +497,11 @@ def main(argv: list[str] | None = None) -> int:
             variant=variant,
             n=n,
             root=str(root),
+            adapters=str(folder),
             cache=str(cache),
             threads=a.threads,
             passes=a.passes,
-            per_tensor=variant == "factored" and n == max(a.factored),
+            per_tensor=variant == "factored" and n == largest,
         )
         r = measure(spec, root / "children", script=__file__)
         shutil.rmtree(cache, ignore_errors=True)  # N full models: never keep them
@@ -403,13 +514,19 @@ def main(argv: list[str] | None = None) -> int:
     report = dict(
         machine=info,
         shape=shape,
+        targets=a.targets,
         threads=a.threads,
         n_params=pool["n_params"],
         n_adapted=pool["n_adapted"],
-        adapter_bytes=pool["adapter_bytes"],
+        adapter_bytes=adapter_bytes(shape, a.targets),
+        disk_bytes=dict(
+            base=2 * pool["n_params"], adapters=len(list(folder.glob("lora_*"))) * adapter_bytes(shape, a.targets)
+        ),
         runs=rows,
+        skipped=skipped,
         command="python benchmarks/lora_scale.py " + " ".join(argv or sys.argv[1:]),
     )
+    report["fit"] = factored_fit(report)
     report["extrapolation"] = extrapolate(report)
     report["seconds"] = time.perf_counter() - t0
     write_report(out, "lora_scale", report, render)
