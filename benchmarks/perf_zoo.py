@@ -7,18 +7,21 @@
    with ``posix_fadvise(DONTNEED)``) or warm (read into it), and the resident fraction is measured
    with ``mincore`` just before it. One fresh process per cell, whose ru_maxrss is its peak.
    Reported: seconds per pass and per candidate, the pass's time over the read's, peak RSS vs N.
-2. **LoRA adapters.** The factored store at N = 100 and 1000 adapters of a TinyLlama-1.1B-shaped
-   base: ``lora_scale.py`` run once per adapter set (its adapters are written once, as needed).
+2. **LoRA adapters.** The factored store at N = 10 / 100 / 1000 rank-16 adapters of a
+   TinyLlama-1.1B-shaped base, on all seven linear modules (24 MiB each) and on q/v only (4.3 MiB):
+   ``lora_scale.py`` once per adapter set (adapters written once, as needed). The store holds every
+   adapter's factors in memory, so a cell that cannot fit is refused and says why.
 3. **Processes.** The same pass split over 1 and 2 processes by Lightning Fabric (gloo; the
    ``ddp_spawn`` launcher) through the solver's own sharded LMO (``score_vertices_sharded`` with
    ``fabric_communicator``): per-candidate cost and speed-up, and whether the selections agree.
 4. **Projection.** A 1000-checkpoint pool on G GPUs from the per-candidate costs measured here.
 
-The disk caps N (the pool is N models; ``--disk-reserve-gib`` is left for the LoRA pool); a warm
+The disk caps N (the pool is N models; ``--disk-reserve-gib`` is left for the LoRA pools); a warm
 cell runs only when its files fit in the memory available. Results: ``--out``/perf_zoo.{json,md},
-and ``--out``/lora_<set>/lora_scale.{json,md}.
+and ``--out``/lora_<set>/lora_scale.{json,md}. The full run writes about 45 GB (the ViT pool 35 GB
+under ``--root``, the LoRA base and adapters 9 GB under ``--lora-root``; ``--clean`` deletes them).
 
-    python benchmarks/perf_zoo.py --out benchmarks/results/perf_zoo
+    flock /tmp/fw-cpu.lock nice -n 5 python benchmarks/perf_zoo.py --out benchmarks/results/perf_zoo
     python benchmarks/perf_zoo.py --quick --out outputs/perf_zoo_quick    # tiny shapes: a smoke run
 """
 
@@ -531,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--lora-root", default="/tmp/fw-lora-scale")
     p.add_argument("--out", default="outputs/perf_zoo")
+    p.add_argument("--clean", action="store_true", help="delete the pool and the LoRA pools at the end")
     p.add_argument("--render", help="re-render OUT/perf_zoo.md from this JSON")
     add_child_arguments(p)
     a = p.parse_args(argv)
@@ -600,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     report["projection"] = project(report)
     report["seconds"] = time.perf_counter() - t0
     write_report(out, "perf_zoo", report, render)
+    if a.clean:
+        for folder in (root, Path(a.lora_root + ("_quick" if a.quick else ""))):
+            shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

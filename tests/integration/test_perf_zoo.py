@@ -28,8 +28,9 @@ def _numbers(value):
 def test_quick_zoo_report(tmp_path):
     zoo = load_script("perf_zoo")
     out = tmp_path / "out"
-    args = ["--quick", "--passes", "1", "--lora-sets", "qv", "--out", str(out)]
+    args = ["--quick", "--passes", "1", "--lora-sets", "qv", "--out", str(out), "--clean"]
     assert zoo.main([*args, "--root", str(tmp_path / "pool"), "--lora-root", str(tmp_path / "lora")]) == 0
+    assert not (tmp_path / "pool_quick").exists() and not (tmp_path / "lora_quick").exists()  # --clean
     report = json.loads((out / "perf_zoo.json").read_text())
     assert not [x for x in _numbers(report) if not math.isfinite(x)]
 
