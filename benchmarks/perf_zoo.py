@@ -294,13 +294,16 @@ def run_lora(name: str, settings: dict, a, out: Path) -> dict:
 
 
 # --------------------------------------------------------------------------------- summaries
-def pass_s(cell: dict) -> float:
-    """A cell's LMO pass: the median over its passes, seconds."""
-    return med([p["seconds"] for p in cell["passes"]])
-
-
-def per_candidate(cell: dict) -> float:
-    return pass_s(cell) / cell["n"]
+def derive(cell: dict) -> dict:
+    """A measured cell with what the pages quote: its pass (median over passes, s), per candidate,
+    and for a scan cell its read's bandwidth and the pass's time over the read's."""
+    lmo = med([p["seconds"] for p in cell["passes"]])
+    out = dict(
+        cell, pass_s=lmo, per_candidate_s=lmo / cell["n"], lmo_bytes_per_s=cell["n"] * cell["candidate_bytes"] / lmo
+    )
+    if "read_s" in cell:
+        out.update(read_bytes_per_s=cell["read_bytes"] / cell["read_s"], lmo_over_read=lmo / cell["read_s"])
+    return out
 
 
 def summarise(report: dict) -> dict:
@@ -309,15 +312,15 @@ def summarise(report: dict) -> dict:
     for state in ("cold", "warm"):
         cells = sorted((c for c in report["scan"] if c["state"] == state), key=lambda c: c["n"])
         if len(cells) >= 2:
-            out[f"per_candidate_ratio_{state}"] = per_candidate(cells[-1]) / per_candidate(cells[0])
+            out[f"per_candidate_ratio_{state}"] = cells[-1]["per_candidate_s"] / cells[0]["per_candidate_s"]
             out[f"peak_rss_ratio_{state}"] = cells[-1]["peak_rss_mb"] / cells[0]["peak_rss_mb"]
         if cells:
-            out[f"lmo_over_read_{state}"] = med([pass_s(c) / c["read_s"] for c in cells])
+            out[f"lmo_over_read_{state}"] = med([c["lmo_over_read"] for c in cells])
     par = {(c["state"], c["processes"]): c for c in report["parallel"]}
     for state, p in {s: p for s, p in par if p > 1}.items():
         if (state, 1) in par:
             one, many = par[(state, 1)], par[(state, p)]
-            out[f"speedup_{state}"] = pass_s(one) / pass_s(many)
+            out[f"speedup_{state}"] = one["pass_s"] / many["pass_s"]
             out[f"same_selection_{state}"] = one["selection"] == many["selection"]
     return out
 
@@ -350,13 +353,13 @@ def project(report: dict) -> dict | None:
     size = scans[0]["candidate_bytes"]
     costs = {}
     if warm:
-        costs["cpu_warm"] = per_candidate(warm)
+        costs["cpu_warm"] = warm["per_candidate_s"]
     if cold:
-        costs["cpu_cold"] = per_candidate(cold)
+        costs["cpu_cold"] = cold["per_candidate_s"]
     ref = report.get("gpu_reference")
     if ref:
         costs["gpu_reference"] = size / ref["lmo_bytes_per_s"]
-    read_bw = cold["read_bytes"] / cold["read_s"] if cold else None
+    read_bw = cold["read_bytes_per_s"] if cold else None
     rows = []
     for g in GPUS:
         share = math.ceil(ZOO / g)
@@ -404,14 +407,13 @@ def render(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in report["scan"]:
-        lmo = pass_s(c)
-        size = c["n"] * c["candidate_bytes"]
         resident = " / ".join(f"{x:.0%}" for x in [c["read_resident"], *(p["resident"] for p in c["passes"])])
         lines.append(
             f"| {c['n']} | {c['state']} | {c['read_bytes'] / gib:.1f} | {resident} | {c['read_s']:.2f} | "
-            f"{c['read_bytes'] / c['read_s'] / 1e9:.2f} | "
+            f"{c['read_bytes_per_s'] / 1e9:.2f} | "
             + " / ".join(f"{p['seconds']:.2f}" for p in c["passes"])
-            + f" | {size / lmo / 1e9:.2f} | {lmo / c['n']:.4f} | {lmo / c['read_s']:.2f} | {c['peak_rss_mb']:.0f} |"
+            + f" | {c['lmo_bytes_per_s'] / 1e9:.2f} | {c['per_candidate_s']:.4f} | {c['lmo_over_read']:.2f} | "
+            f"{c['peak_rss_mb']:.0f} |"
         )
     lines += [f"- {x['kind']} N={x['n']} {x['state']}: not run: {x['reason']}" for x in report["skipped"]]
     s = report["summary"]
@@ -429,14 +431,13 @@ def render(report: dict) -> str:
             "| N | state | processes | LMO pass s (slowest rank) | s per candidate | speed-up | peak RSS MiB per rank |",
             "|---|---|---|---|---|---|---|",
         ]
-        one = {c["state"]: pass_s(c) for c in report["parallel"] if c["processes"] == 1}
+        one = {c["state"]: c["pass_s"] for c in report["parallel"] if c["processes"] == 1}
         for c in report["parallel"]:
-            t = pass_s(c)
-            speed = f"{one[c['state']] / t:.2f}" if c["state"] in one else "-"
+            speed = f"{one[c['state']] / c['pass_s']:.2f}" if c["state"] in one else "-"
             lines.append(
                 f"| {c['n']} | {c['state']} | {c['processes']} | "
                 + " / ".join(f"{p['seconds']:.2f}" for p in c["passes"])
-                + f" | {t / c['n']:.4f} | {speed} | "
+                + f" | {c['per_candidate_s']:.4f} | {speed} | "
                 + " / ".join(f"{x:.0f}" for x in c["rank_peak_rss_mb"])
                 + " |"
             )
@@ -580,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[perf_zoo] {label} not run: {reason}", flush=True)
             skipped.append(dict(n=spec["n"], state=spec["state"], kind=spec["kind"], reason=reason))
             continue
-        c = measure(spec, out / "children", script=__file__)
+        c = derive(measure(spec, out / "children", script=__file__))
         (scan if spec["kind"] == "scan" else parallel).append(c)
         read = f"read {c['read_s']:.2f} s, " if "read_s" in c else ""
         passes = " / ".join(f"{x['seconds']:.2f}" for x in c["passes"])

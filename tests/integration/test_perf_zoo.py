@@ -46,6 +46,21 @@ def test_quick_zoo_report(tmp_path):
             assert max(resident) < 0.05
     assert {"per_candidate_ratio_cold", "peak_rss_ratio_warm", "lmo_over_read_cold"} <= set(report["summary"])
 
+    # the paths docs/performance.md's zoo section will quote resolve (claims.py's lookup)
+    lookup = load_script("claims").lookup
+    for path in (
+        "scan/n=4,state=cold/per_candidate_s",
+        "scan/n=4,state=warm/lmo_over_read",
+        "scan/n=4,state=cold/read_bytes_per_s",
+        "summary/speedup_warm",
+        "lora/name=qv/runs/n=4/marginal_s",
+        "lora/name=qv/runs/n=4/rss_beside_factors_mb",
+        "projection/rows/gpus=8/cpu_warm",
+        "projection/per_candidate_s/gpu_reference",
+        "projection/shared_disk_floor_s",
+    ):
+        assert math.isfinite(lookup(report, path)), path
+
     assert [(c["state"], c["processes"]) for c in report["parallel"]] == [
         (s, k) for s in ("cold", "warm") for k in (1, 2)
     ]
