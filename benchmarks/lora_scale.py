@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import resource
 import shutil
 import statistics
@@ -97,69 +96,78 @@ def adapter_names(n: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------- the pool
-def build(root: Path, shape: dict, n: int, targets=TARGETS) -> dict:
-    """``root/base`` (config.json + sharded bf16 safetensors + index), built once per shape, and
-    the first ``n`` adapters of ``adapter_dir(root, targets)``, each written once (adapter i is
-    the same whatever n asked for it), so a larger N only writes the adapters it adds."""
+def build_base(root: Path, shape: dict) -> dict:
+    """``root/base`` (config.json + sharded bf16 safetensors + index), built once per shape (a new
+    shape starts ``root`` afresh: the adapters depend on it)."""
     import torch
-    from peft import LoraConfig
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
     key = dict(version=2, shape=shape)
     manifest = root / "manifest.json"
-    built = json.loads(manifest.read_text()) if manifest.is_file() else {}
-    t0 = time.perf_counter()
+    if manifest.is_file() and json.loads(manifest.read_text()).get("key") == key:
+        return json.loads(manifest.read_text())
+    if root.exists():
+        shutil.rmtree(root)
     base = root / "base"
+    base.mkdir(parents=True)
+    t0 = time.perf_counter()
+    LlamaConfig(**shape, tie_word_embeddings=False, torch_dtype="bfloat16").save_pretrained(base)
     tensors = llama_tensors(shape)
-    if built.get("key") != key:
-        shutil.rmtree(root, ignore_errors=True)  # adapters depend on the shape too
-        base.mkdir(parents=True)
-        LlamaConfig(**shape, tie_word_embeddings=False, torch_dtype="bfloat16").save_pretrained(base)
-        gen = torch.Generator().manual_seed(0)
-        weight_map, shard, size, index = {}, {}, 0, 0
+    gen = torch.Generator().manual_seed(0)
+    weight_map, shard, size, index = {}, {}, 0, 0
 
-        def flush():
-            nonlocal shard, size, index
-            if shard:
-                name = f"model-{index:05d}.safetensors"
-                save_file(shard, str(base / name), metadata={"format": "pt"})
-                weight_map.update({k: name for k in shard})
-                shard, size, index = {}, 0, index + 1
+    def flush():
+        nonlocal shard, size, index
+        if shard:
+            name = f"model-{index:05d}.safetensors"
+            save_file(shard, str(base / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+            shard, size, index = {}, 0, index + 1
 
-        for k, s in tensors.items():
-            t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * (1 / math.sqrt(s[-1]))
-            shard[k] = t.to(torch.bfloat16)
-            size += shard[k].numel() * 2
-            if size >= SHARD_BYTES:
-                flush()
-        flush()
-        # the shard names in the index must say "of N": rename once the count is known
-        total = index
-        renamed = {}
-        for i in range(total):
-            old, new = f"model-{i:05d}.safetensors", f"model-{i + 1:05d}-of-{total:05d}.safetensors"
-            (base / old).rename(base / new)
-            renamed[old] = new
-        weight_map = {k: renamed[v] for k, v in weight_map.items()}
-        n_params = sum(math.prod(s) for s in tensors.values())
-        (base / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": 2 * n_params}, "weight_map": weight_map}, indent=1)
-        )
-        built = dict(key=key, n_params=n_params, seconds=round(time.perf_counter() - t0, 1))
-        manifest.write_text(json.dumps(built, indent=1))
+    for k, s in tensors.items():
+        t = torch.ones(s) if len(s) == 1 else torch.randn(s, generator=gen) * (1 / math.sqrt(s[-1]))
+        shard[k] = t.to(torch.bfloat16)
+        size += shard[k].numel() * 2
+        if size >= SHARD_BYTES:
+            flush()
+    flush()
+    # the shard names in the index must say "of N": rename once the count is known
+    total = index
+    renamed = {}
+    for i in range(total):
+        old, new = f"model-{i:05d}.safetensors", f"model-{i + 1:05d}-of-{total:05d}.safetensors"
+        (base / old).rename(base / new)
+        renamed[old] = new
+    weight_map = {k: renamed[v] for k, v in weight_map.items()}
+    n_params = sum(math.prod(s) for s in tensors.values())
+    (base / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": 2 * n_params}, "weight_map": weight_map}, indent=1)
+    )
+    out = dict(key=key, n_params=n_params, seconds=round(time.perf_counter() - t0, 1))
+    manifest.write_text(json.dumps(out, indent=1))
+    return out
+
+
+def build_adapters(root: Path, shape: dict, targets, n: int) -> dict:
+    """The first ``n`` adapters of ``adapter_dir(root, targets)``, each written once (adapter i is
+    the same whatever n asked for it), so a larger N only writes the adapters it adds."""
+    import torch
+    from peft import LoraConfig
+    from safetensors.torch import save_file
 
     folder = adapter_dir(root, targets)
-    set_key = dict(version=1, shape=shape, rank=RANK, alpha=ALPHA, targets=list(targets))
-    set_manifest = folder / "manifest.json"
-    if not (set_manifest.is_file() and json.loads(set_manifest.read_text()) == set_key):
+    key = dict(version=1, shape=shape, rank=RANK, alpha=ALPHA, targets=list(targets))
+    manifest = folder / "manifest.json"
+    if not (manifest.is_file() and json.loads(manifest.read_text()) == key):
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         LoraConfig(r=RANK, lora_alpha=ALPHA, target_modules=list(targets), task_type="CAUSAL_LM").save_pretrained(
             folder / "_config"
         )
-        set_manifest.write_text(json.dumps(set_key, indent=1))
-    t1, written = time.perf_counter(), 0
+        manifest.write_text(json.dumps(key, indent=1))
+    tensors = llama_tensors(shape)
+    t0, written = time.perf_counter(), 0
     for i, name in enumerate(adapter_names(n)):
         if (folder / name).is_dir():
             continue
@@ -180,11 +188,9 @@ def build(root: Path, shape: dict, n: int, targets=TARGETS) -> dict:
         tmp.rename(folder / name)  # complete or absent
         written += 1
     return dict(
-        built,
         n_adapted=sum(math.prod(s) for k, s in tensors.items() if adapted(k, targets)),
-        adapter_bytes=os.path.getsize(folder / adapter_names(1)[0] / "adapter_model.safetensors") if n else 0,
-        adapters_written=written,
-        adapters_seconds=round(time.perf_counter() - t1, 1),
+        written=written,
+        seconds=round(time.perf_counter() - t0, 1),
     )
 
 
@@ -483,10 +489,11 @@ def main(argv: list[str] | None = None) -> int:
             skipped.append(dict(variant=variant, n=n, reason=reason))
         else:
             cells.append((variant, n))
-    pool = build(root, shape, max((n for _, n in cells), default=0), a.targets)
+    pool = build_base(root, shape)
+    adapters = build_adapters(root, shape, a.targets, max((n for _, n in cells), default=0))
     print(
         f"[lora_scale] pool at {root}: {pool['n_params'] / 1e9:.2f}B parameters (its build took {pool['seconds']} s), "
-        f"{pool['adapters_written']} adapters written in {pool['adapters_seconds']} s",
+        f"{adapters['written']} adapters written in {adapters['seconds']} s",
         flush=True,
     )
     largest = max((n for v, n in cells if v == "factored"), default=None)
@@ -517,7 +524,7 @@ def main(argv: list[str] | None = None) -> int:
         targets=a.targets,
         threads=a.threads,
         n_params=pool["n_params"],
-        n_adapted=pool["n_adapted"],
+        n_adapted=adapters["n_adapted"],
         adapter_bytes=adapter_bytes(shape, a.targets),
         disk_bytes=dict(
             base=2 * pool["n_params"], adapters=len(list(folder.glob("lora_*"))) * adapter_bytes(shape, a.targets)
