@@ -29,6 +29,17 @@ VIT_B32 = dict(
 # --quick: same widths, 2 layers (15M parameters), so the smoke run stays short
 QUICK_VISION = dict(VIT_B32, num_hidden_layers=2)
 
+# smoke runs that only need the pass to run: a tower built and scored in seconds (tensors of 64 to 8192 entries)
+TINY_VISION = dict(
+    VIT_B32,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=32,
+    patch_size=8,
+)
+
 
 TASKS = ("tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes")  # the fw_tiny_clip config's names
 

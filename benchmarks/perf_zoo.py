@@ -43,6 +43,7 @@ sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 from _perf import (  # noqa: E402
     REPO_ROOT,
+    TINY_VISION,
     VIT_B32,
     add_child_arguments,
     build_pool,
@@ -65,15 +66,6 @@ LMO_KINDS = {  # what one Frank-Wolfe iteration's LMO scores
     "hard": dict(granularity="layer", gradients=1, cosine=False),  # FW-hard: inner score per tensor
     "soft": dict(granularity="task", gradients=4, cosine=True),  # FW-soft: a gradient per target, cosine
 }
-TINY_VISION = dict(
-    VIT_B32,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=8,
-)
 LORA_SETS = {  # lora_scale.py arguments of each adapter set
     "all7": [],  # rank 16 on the seven linear modules of every layer (lora_scale's default, 24 MiB each)
     "qv": ["--targets", "q_proj", "v_proj"],  # peft's default modules for LLaMA (4.3 MiB each)
