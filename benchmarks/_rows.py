@@ -77,6 +77,9 @@ ALL_METHODS = (
     "fw_soft_from_tsv_m",
     "fw_hard_guard",
     "fw_soft_guard",
+    "fw_hard_screen",
+    "fw_soft_screen",
+    "fw_soft_from_tsv_m_screen",
     "fw_hard_paper",
     "fw_soft_paper",
 )
@@ -190,6 +193,23 @@ def method_args(name: str, s: dict, run_dir: Path, device_args: list[str]) -> li
         "fw_soft_guard": [
             "method=fw_soft",
             "method.guard=true",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
+        # the screen (issue 22): models that lower no target's held-out loss leave the run before the start
+        "fw_hard_screen": ["method=fw_hard", "method.screen=true", *fw_common, f"method.max_iters={s['fw_iters']}"],
+        "fw_soft_screen": [
+            "method=fw_soft",
+            "method.screen=true",
+            *fw_common,
+            f"method.max_iters={s['soft_iters']}",
+            f"method.inner_steps={s['fw_inner']}",
+        ],
+        "fw_soft_from_tsv_m_screen": [
+            "method=fw_soft",
+            "method.init=tsv_m",
+            "method.screen=true",
             *fw_common,
             f"method.max_iters={s['soft_iters']}",
             f"method.inner_steps={s['fw_inner']}",

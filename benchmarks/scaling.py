@@ -48,6 +48,18 @@ from _common import (  # noqa: E402
 )
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
+# rows --methods may add (the leaderboard's rows of the same names)
+EXTRA_METHODS = (
+    "fw_hard_guard",
+    "fw_soft_guard",
+    "fw_hard_screen",
+    "fw_soft_screen",
+    "fw_soft_from_tsv_m",
+    "fw_soft_from_tsv_m_screen",
+    "tsv_m",
+    "simple_average",
+    "ties_merging",
+)
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
 FULL = dict(fw_iters=10, soft_iters=5, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboard.py
 QUICK = dict(fw_iters=3, soft_iters=2, fw_inner=20, n_per_task=32)
@@ -203,6 +215,11 @@ def plot(results: dict, out: Path):
         "fw_soft": ("FW-soft", "tab:blue", "o"),
         "fw_hard_guard": ("FW-hard + guard", "tab:olive", "v"),
         "fw_soft_guard": ("FW-soft + guard", "tab:cyan", "P"),
+        "fw_hard_screen": ("FW-hard + screen", "tab:brown", "<"),
+        "fw_soft_screen": ("FW-soft + screen", "tab:purple", ">"),
+        "fw_soft_from_tsv_m": ("FW-soft from TSV-M", "tab:pink", "*"),
+        "fw_soft_from_tsv_m_screen": ("FW-soft from TSV-M + screen", "black", "*"),
+        "tsv_m": ("TSV-M", "tab:gray", "D"),
         "simple_average": ("Simple average", "tab:gray", "x"),
         "ties_merging": ("TIES", "tab:red", "d"),
     }
@@ -254,7 +271,7 @@ def main(argv=None) -> int:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=[*METHODS, "fw_hard_guard", "fw_soft_guard", "simple_average", "ties_merging"],
+        choices=[*METHODS, *EXTRA_METHODS],
     )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)

@@ -18,11 +18,16 @@ refusal is in the history with both losses. A rejected step with no single verte
 layer-wise FW-hard step, one vertex per tensor; an FW-soft step whose every vertex helped on its own)
 ends the run: the iterate would not move again, so the guard is then held-out early stopping.
 Costs forward passes on the held-out samples only.
+
+The screen (:func:`screen_candidates`, ``method.screen=true``) asks the same question of the pool
+before anything is merged, one checkpoint at a time: does the checkpoint itself lower some target
+task's held-out loss below the pretrained model's? One that lowers none (noise-trained, or another
+task's) leaves the run: it is in no start (a FusionBench method's included) and no LMO.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import torch
 from torch import Tensor
@@ -51,6 +56,26 @@ def eliminate(loss_without: Callable[[frozenset], float], members: Sequence[Hash
         removed, current = removed | {best}, best_loss
         candidates.remove(best)
     return dropped, current
+
+
+def screen_candidates(
+    holdout, pretrained: Mapping[str, Tensor], weights_of: Callable[[str], Mapping[str, Tensor]], names: Sequence[str]
+) -> dict:
+    """Keep a candidate only if its own weights lower at least one target task's held-out loss below
+    the pretrained model's. ``holdout.task_losses(params)``: each target's mean held-out loss;
+    ``weights_of(name)``: the candidate's tensors (the merged keys). Returns the report: ``kept``,
+    ``refused`` (each with its per-task losses), and the pretrained model's losses."""
+    base = holdout.task_losses(pretrained)
+    kept, refused, losses = [], [], {}
+    for name in names:
+        own = holdout.task_losses(weights_of(name))
+        losses[name] = own
+        helped = [t for t in base if own[t] < base[t]]
+        if helped:
+            kept.append(name)
+        else:
+            refused.append({"model": name, "why": "lowers no target's held-out loss below the pretrained model's"})
+    return {"pretrained": base, "losses": losses, "kept": kept, "refused": refused}
 
 
 class HoldoutGuard:

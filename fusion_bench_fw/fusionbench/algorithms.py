@@ -57,16 +57,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         paths = self._output_paths()
         entropy = getattr(config, "inner_loss", "ce_train") != "ce_train"
         pool = read_pool(modelpool, opts, paths.cache_dir, clip_only=ENTROPY_NEEDS_CLIP if entropy else None)
-        starting = opts.start.resolved(modelpool, paths.cache_dir)  # init=<method>: its merge, computed here
-        start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
-        plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
-        store = pool.store_for(plan, resident=starting.resident(pool.keys))
         template = pool.template.to(self.fabric.device).eval()
-        inner = None  # FW-soft's inner objective, when it is not the outer one
-        if entropy:
-            inner = build_inner_objective(
-                modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
-            )
 
         def objective_on(sampling: Sampling):  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
             return build_objective(
@@ -81,11 +72,24 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             )
 
         objective = objective_on(Sampling(opts.n_per_task, opts.batch_size, opts.seed))
-        holdout = None  # the hold-out guard's samples: the next guard_samples of the same seeded order
-        if opts.guard:
+        holdout = None  # the guard's and the screen's samples: the next guard_samples of the same seeded order
+        if opts.guard or opts.screen:
             holdout = objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+        screened = pool.screen(holdout, self.fabric.device) if opts.screen else None
+        # init=<method>: its merge, computed here over the models the run keeps
+        starting = opts.start.resolved(modelpool, paths.cache_dir, pool.members)
+        start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
+        plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
+        store = pool.store_for(plan, resident=starting.resident(pool.keys))
+        inner = None  # FW-soft's inner objective, when it is not the outer one
+        if entropy:
+            inner = build_inner_objective(
+                modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
+            )
         record = run_record(opts, pool.targets, self.fabric)
-        result = self._solve(objective, store, plan, paths, inner, record, holdout)
+        if screened:
+            record["screen"] = screened
+        result = self._solve(objective, store, plan, paths, inner, record, holdout if opts.guard else None)
         self.save_history(result.history, paths.history)
         return assemble(template, result.params)
 
@@ -155,6 +159,7 @@ RESUME_MUST_MATCH = (
     "task_weighting",
     "guard",
     "guard_samples",
+    "screen",
     "init",
     "init_scaling",
     "init_models",

@@ -170,3 +170,36 @@ def test_a_rejected_layer_wise_step_ends_the_run_where_it_stood():
     assert history.iterations[0].step_size == 0.0 and history.iterations[0].guard["refused"] == []
     for k, v in models["_pretrained_"].items():  # the step was undone
         assert torch.equal(guarded.params[k], v)
+
+
+class _TableHoldout:
+    """A held-out objective whose per-task losses are a table indexed by the model's one tensor."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def task_losses(self, params):
+        return dict(self.table[int(params["id"])])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_screen_keeps_exactly_the_models_that_lower_some_targets_loss(seed):
+    """Against the rule checked model by model: kept iff some task's loss is strictly below the
+    pretrained model's (a tie is not a help), the report names every refused model with its losses."""
+    from fusion_bench_fw.core.guard import screen_candidates
+
+    g = torch.Generator().manual_seed(seed)
+    tasks = ["a", "b", "c"]
+    base = {t: 1.0 for t in tasks}
+    table = {0: base}
+    for m in range(1, 9):
+        table[m] = {t: float(1.0 + torch.randn(1, generator=g).clamp(-1, 1)) for t in tasks}
+    table[8] = dict(base)  # no change anywhere: refused
+    names = [f"m{m}" for m in range(1, 9)]
+    report = screen_candidates(
+        _TableHoldout(table), {"id": torch.tensor(0)}, lambda n: {"id": torch.tensor(int(n[1:]))}, names
+    )
+    expected = [n for n in names if any(table[int(n[1:])][t] < 1.0 for t in tasks)]
+    assert report["kept"] == expected
+    assert [r["model"] for r in report["refused"]] == [n for n in names if n not in expected]
+    assert report["pretrained"] == base and report["losses"]["m3"] == table[3]
