@@ -71,10 +71,11 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
                 autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
             )
 
-        objective = objective_on(Sampling(opts.n_per_task, opts.batch_size, opts.seed))
-        holdout = None  # the guard's and the screen's samples: the next guard_samples of the same seeded order
-        if opts.guard or opts.screen:
-            holdout = objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+        def held_out():  # the guard's and the screen's samples: the next guard_samples of the same seeded order
+            return objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+
+        # the screen runs before the start (it decides who is in it); else the plan's cheap checks come first
+        holdout = held_out() if opts.screen else None
         screened = pool.screen(holdout, self.fabric.device) if opts.screen else None
         # init=<method>: its merge, computed here over the models the run keeps
         starting = opts.start.resolved(modelpool, paths.cache_dir, pool.members)
@@ -86,6 +87,9 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
             inner = build_inner_objective(
                 modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
             )
+        objective = objective_on(Sampling(opts.n_per_task, opts.batch_size, opts.seed))
+        if opts.guard and holdout is None:
+            holdout = held_out()
         record = run_record(opts, pool.targets, self.fabric)
         if screened:
             record["screen"] = screened
