@@ -106,6 +106,11 @@ def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
     }
     # the hold-out guard (issue 22): the same runs with the start and every step checked on held-out samples
     rows.update({f"{m}_guard": [*rows[m], "method.guard=true"] for m in ("fw_hard", "fw_soft")})
+    # FW from TSV-M's merge, and the screen (issue 22): the leaderboard's rows of the same names
+    rows["tsv_m"] = ["method=task_singular_vector/TaskSingularVectorMerging"]
+    rows["fw_soft_from_tsv_m"] = [*rows["fw_soft"], "method.init=tsv_m"]
+    for m in ("fw_hard", "fw_soft", "fw_soft_from_tsv_m"):
+        rows[f"{m}_screen"] = [*rows[m], "method.screen=true"]
     return rows[method]
 
 
