@@ -76,7 +76,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
 
         # the screen runs before the start (it decides who is in it); else the plan's cheap checks come first
         holdout = held_out() if opts.screen else None
-        screened = pool.screen(holdout, self.fabric.device) if opts.screen else None
+        screened = pool.screen(holdout, self.fabric.device, opts.screen_share) if opts.screen else None
         # init=<method>: its merge, computed here over the models the run keeps
         starting = opts.start.resolved(modelpool, paths.cache_dir, pool.members)
         start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
@@ -164,6 +164,7 @@ RESUME_MUST_MATCH = (
     "guard",
     "guard_samples",
     "screen",
+    "screen_share",
     "init",
     "init_scaling",
     "init_models",

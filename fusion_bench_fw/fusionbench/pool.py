@@ -126,9 +126,9 @@ class PoolContents:
         params = dict(self.template.named_parameters())
         return {k: params[k].detach().float().cpu() for k in self.shapes}
 
-    def screen(self, holdout, device: torch.device) -> dict:
-        """``method.screen``: leave out the members whose own weights lower no target's held-out loss
-        below the pretrained model's (:func:`fusion_bench_fw.core.guard.screen_candidates`). Returns
+    def screen(self, holdout, device: torch.device, share: float) -> dict:
+        """``method.screen``: leave out the members whose own weights lower no target's held-out loss by
+        ``share`` of the best member's drop (:func:`fusion_bench_fw.core.guard.screen_candidates`). Returns
         the report the history keeps."""
         from fusion_bench_fw.core.guard import screen_candidates
 
@@ -136,11 +136,11 @@ class PoolContents:
             read = self.pretrained_tensors() if name == PRETRAINED else None
             return {k: (read[k] if read else self.store.tensor(name, k)).to(device, torch.float32) for k in self.keys}
 
-        report = screen_candidates(holdout, on_device(PRETRAINED), on_device, self.members)
+        report = screen_candidates(holdout, on_device(PRETRAINED), on_device, self.members, share)
         refused = [r["model"] for r in report["refused"]]
         if refused:
             log.warning(
-                "screen: %d of %d models lower no target's held-out loss, left out: %s",
+                "screen: %d of %d models lower no target's held-out loss enough, left out: %s",
                 len(refused),
                 len(self.members),
                 refused,

@@ -14,9 +14,17 @@ TARGETS = "method.targets=[tiny_colors,tiny_stripes,tiny_quadrants,tiny_sizes]"
 FAST = ["method.n_per_task=16", "method.batch_size=16", "method.progress=false", "method.guard_samples=8", TARGETS]
 
 
-def test_a_bad_screen_value_fails_at_construction():
-    with pytest.raises(ValueError, match="screen must be true or false"):
-        split_options("soft", {"screen": "yes"})
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"screen": "yes"}, "screen must be true or false"),
+        ({"screen_share": 0}, "screen_share"),
+        ({"screen_share": 1.5}, "screen_share"),
+    ],
+)
+def test_bad_screen_values_fail_at_construction(bad, message):
+    with pytest.raises(ValueError, match=message):
+        split_options("soft", bad)
 
 
 def test_the_method_start_sees_only_the_kept_models(tiny_env):
@@ -49,8 +57,10 @@ def test_a_screened_run_keeps_the_refused_models_out_of_the_merge(tiny_env, tmp_
     report = history["extra"]["screen"]
     members = ["tiny_colors", "tiny_stripes", "tiny_quadrants", "tiny_sizes", "tiny_colors_permuted"]
     assert sorted(report["kept"] + [r["model"] for r in report["refused"]]) == sorted(members)
+    base, best = report["pretrained"], report["best_drop"]
     for name, losses in report["losses"].items():  # the rule, model by model
-        assert (name in report["kept"]) == any(losses[t] < report["pretrained"][t] for t in losses)
+        drops = {t: base[t] - losses[t] for t in losses}
+        assert (name in report["kept"]) == any(drops[t] > 0 and drops[t] >= 0.5 * best[t] for t in losses)
     for refused in report["refused"]:
         assert refused["model"] not in history["basis"] and refused["model"] not in history["vertices"]
     assert report["kept"] and all(m in history["vertices"] for m in report["kept"])
