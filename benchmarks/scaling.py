@@ -49,6 +49,18 @@ from _common import (  # noqa: E402
 from _rows import STYLE  # noqa: E402
 
 EXPERIMENTS = ("irrelevant", "relevant", "noisy")
+# rows --methods may add (the leaderboard's rows of the same names)
+EXTRA_METHODS = (
+    "fw_hard_guard",
+    "fw_soft_guard",
+    "fw_hard_screen",
+    "fw_soft_screen",
+    "fw_soft_from_tsv_m",
+    "fw_soft_from_tsv_m_screen",
+    "tsv_m",
+    "simple_average",
+    "ties_merging",
+)
 METHODS = ("task_arithmetic", "fw_hard", "fw_soft")
 FULL = dict(fw_iters=10, soft_iters=5, fw_inner=30, n_per_task=100)  # as benchmarks/leaderboard.py
 QUICK = dict(fw_iters=3, soft_iters=2, fw_inner=20, n_per_task=32)
@@ -95,6 +107,11 @@ def method_args(method: str, s: dict, eval_tasks: list[str]) -> list[str]:
     }
     # the hold-out guard (issue 22): the same runs with the start and every step checked on held-out samples
     rows.update({f"{m}_guard": [*rows[m], "method.guard=true"] for m in ("fw_hard", "fw_soft")})
+    # FW from TSV-M's merge, and the screen (issue 22): the leaderboard's rows of the same names
+    rows["tsv_m"] = ["method=task_singular_vector/TaskSingularVectorMerging"]
+    rows["fw_soft_from_tsv_m"] = [*rows["fw_soft"], "method.init=tsv_m"]
+    for m in ("fw_hard", "fw_soft", "fw_soft_from_tsv_m"):
+        rows[f"{m}_screen"] = [*rows[m], "method.screen=true"]
     return rows[method]
 
 
@@ -246,7 +263,7 @@ def main(argv=None) -> int:
         "--methods",
         nargs="+",
         default=list(METHODS),
-        choices=[*METHODS, "fw_hard_guard", "fw_soft_guard", "simple_average", "ties_merging"],
+        choices=[*METHODS, *EXTRA_METHODS],
     )
     add_run_options(p, FULL, QUICK)
     args = p.parse_args(argv)

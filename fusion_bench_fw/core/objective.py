@@ -158,6 +158,13 @@ class BatchedObjective:
         parts = [self._task_loss(task, params, device) for task in self.task_names]
         return sum(self.communicator.sum_floats(parts, device))
 
+    @torch.no_grad()
+    def task_losses(self, params: Mapping[str, Tensor]) -> dict[str, float]:
+        """Each task's mean per-sample loss (the terms of :meth:`loss`, each without its weight)."""
+        device = next(iter(params.values())).device
+        parts = self.communicator.sum_floats([self._task_loss(t, params, device) for t in self.task_names], device)
+        return {t: c / self._task_scale(t) for t, c in zip(self.task_names, parts)}
+
     def _task_scale(self, task: str) -> float:
         """Factor between a task's contribution to f and its mean per-sample loss."""
         if self.task_weighting == "mean":

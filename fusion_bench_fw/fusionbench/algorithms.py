@@ -57,16 +57,7 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
         paths = self._output_paths()
         entropy = getattr(config, "inner_loss", "ce_train") != "ce_train"
         pool = read_pool(modelpool, opts, paths.cache_dir, clip_only=ENTROPY_NEEDS_CLIP if entropy else None)
-        starting = opts.start.resolved(modelpool, paths.cache_dir)  # init=<method>: its merge, computed here
-        start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
-        plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
-        store = pool.store_for(plan, resident=starting.resident(pool.keys))
         template = pool.template.to(self.fabric.device).eval()
-        inner = None  # FW-soft's inner objective, when it is not the outer one
-        if entropy:
-            inner = build_inner_objective(
-                modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
-            )
 
         def objective_on(sampling: Sampling):  # by pool kind: CLIP, sequence classification, causal LM, seq2seq
             return build_objective(
@@ -80,12 +71,29 @@ class _FrankWolfeMerging(LightningFabricMixin, BaseAlgorithm):
                 autocast_dtype=AUTOCAST_DTYPES[opts.autocast],
             )
 
+        def held_out():  # the guard's and the screen's samples: the next guard_samples of the same seeded order
+            return objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+
+        # the screen runs before the start (it decides who is in it); else the plan's cheap checks come first
+        holdout = held_out() if opts.screen else None
+        screened = pool.screen(holdout, self.fabric.device, opts.screen_share) if opts.screen else None
+        # init=<method>: its merge, computed here over the models the run keeps
+        starting = opts.start.resolved(modelpool, paths.cache_dir, pool.members)
+        start = starting.coefficients(pool.members, pool.models, pool.targets, pool.keys)
+        plan = plan_vertices(pool.members, start, config, len(pool.targets), PRETRAINED)
+        store = pool.store_for(plan, resident=starting.resident(pool.keys))
+        inner = None  # FW-soft's inner objective, when it is not the outer one
+        if entropy:
+            inner = build_inner_objective(
+                modelpool, template, pool.targets, fabric=self.fabric, batch_size=config.inner_batch_size
+            )
         objective = objective_on(Sampling(opts.n_per_task, opts.batch_size, opts.seed))
-        holdout = None  # the hold-out guard's samples: the next guard_samples of the same seeded order
-        if opts.guard:
-            holdout = objective_on(Sampling(opts.guard_samples, opts.batch_size, opts.seed, offset=opts.n_per_task))
+        if opts.guard and holdout is None:
+            holdout = held_out()
         record = run_record(opts, pool.targets, self.fabric)
-        result = self._solve(objective, store, plan, paths, inner, record, holdout)
+        if screened:
+            record["screen"] = screened
+        result = self._solve(objective, store, plan, paths, inner, record, holdout if opts.guard else None)
         self.save_history(result.history, paths.history)
         return assemble(template, result.params)
 
@@ -155,6 +163,8 @@ RESUME_MUST_MATCH = (
     "task_weighting",
     "guard",
     "guard_samples",
+    "screen",
+    "screen_share",
     "init",
     "init_scaling",
     "init_models",

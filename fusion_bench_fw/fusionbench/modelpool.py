@@ -220,3 +220,20 @@ def pool_entry(modelpool, name: str):
     if modelpool.has_instance_models:
         return None
     return modelpool.get_model_config(name, return_copy=False)
+
+
+def subpool(modelpool, members: Sequence[str]):
+    """``modelpool`` with only ``members`` of its models (and its special ones, the pretrained model):
+    what a FusionBench method run inside an FW run sees once FW has left models out. A shallow copy:
+    datasets, processors and loaded models are shared, the pool itself is not changed."""
+    import copy
+
+    if list(members) == list(modelpool.model_names):
+        return modelpool
+    from omegaconf import DictConfig, OmegaConf
+
+    kept = set(members) | {n for n in modelpool.all_model_names if modelpool.is_special_model(n)}
+    models = {n: modelpool._models[n] for n in modelpool.all_model_names if n in kept}
+    sub = copy.copy(modelpool)
+    sub._models = OmegaConf.create(models) if isinstance(modelpool._models, DictConfig) else models
+    return sub

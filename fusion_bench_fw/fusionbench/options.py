@@ -65,6 +65,13 @@ class RunOptions:
             disjoint from the objective's), and a checkpoint that does not lower their loss is refused.
         guard_samples: the guard's held-out labelled samples per target task (after the objective's
             ``n_per_task`` in the same seeded order).
+        screen: before the start, keep only the candidates whose own weights, on some target task, take
+            the loss on those ``guard_samples`` held-out samples down from the pretrained model's by at
+            least ``screen_share`` of the largest drop any candidate achieves on it; the others leave
+            the run (the start, a FusionBench method's start included, and the LMO), named with their
+            losses in the history (``screen``).
+        screen_share: the screen's bar, in (0, 1]: the share of the best candidate's drop of a
+            target's held-out loss that a candidate must reach on some target.
         on_incompatible: ``error`` or ``skip`` (drop, with a warning, candidates whose tensor
             names or shapes differ from the pretrained model's).
         far_models: ``exclude`` (leave out, with a warning, candidates more than 5x farther from the
@@ -103,6 +110,8 @@ class RunOptions:
     allow_fewer_samples: bool = False
     guard: bool = False
     guard_samples: int = 50
+    screen: bool = False
+    screen_share: float = 0.5
     on_incompatible: str = "error"
     far_models: str = "exclude"
     init: str = "pretrained"
@@ -122,8 +131,11 @@ class RunOptions:
         check_positive_int("n_per_task", self.n_per_task)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("guard_samples", self.guard_samples)
-        if not isinstance(self.guard, bool):
-            raise ValueError(f"guard must be true or false, got {self.guard!r}")
+        if not 0 < self.screen_share <= 1:
+            raise ValueError(f"screen_share must be in (0, 1], got {self.screen_share!r}")
+        for name in ("guard", "screen"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
         check_choice("task_weighting", self.task_weighting, TASK_WEIGHTINGS)

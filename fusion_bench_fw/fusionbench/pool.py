@@ -109,7 +109,7 @@ class PoolContents:
     dropped: dict[str, str] = field(default_factory=dict)  # incompatible, dropped (on_incompatible=skip): why
     distances: dict[str, float] = field(default_factory=dict)  # L2 distance to the pretrained model
     far: list[str] = field(default_factory=list)  # far from the pretrained model
-    excluded: list[str] = field(default_factory=list)  # far and left out (far_models=exclude)
+    excluded: list[str] = field(default_factory=list)  # left out: far (far_models=exclude), or screened out
     store: VertexStore | None = None  # every compatible candidate
 
     @property
@@ -118,12 +118,40 @@ class PoolContents:
 
     @property
     def members(self) -> list[str]:
-        """The candidates this run merges: the compatible ones but the excluded far ones."""
+        """The candidates this run merges: the compatible ones but the excluded ones."""
         return [n for n in self.candidates if n not in self.excluded]
 
     def pretrained_tensors(self) -> dict[str, Tensor]:
+        """The pretrained model's merged tensors, on the CPU (where the store keeps them)."""
         params = dict(self.template.named_parameters())
-        return {k: params[k].detach().float() for k in self.shapes}
+        return {k: params[k].detach().float().cpu() for k in self.shapes}
+
+    def screen(self, holdout, device: torch.device, share: float) -> dict:
+        """``method.screen``: leave out the members whose own weights lower no target's held-out loss by
+        ``share`` of the best member's drop (:func:`fusion_bench_fw.core.guard.screen_candidates`). Returns
+        the report the history keeps."""
+        from fusion_bench_fw.core.guard import screen_candidates
+
+        def on_device(name: str) -> dict[str, Tensor]:
+            read = self.pretrained_tensors() if name == PRETRAINED else None
+            return {k: (read[k] if read else self.store.tensor(name, k)).to(device, torch.float32) for k in self.keys}
+
+        report = screen_candidates(holdout, on_device(PRETRAINED), on_device, self.members, share)
+        refused = [r["model"] for r in report["refused"]]
+        if refused:
+            log.warning(
+                "screen: %d of %d models lower no target's held-out loss enough, left out: %s",
+                len(refused),
+                len(self.members),
+                refused,
+            )
+        if not report["kept"]:
+            raise ValueError(
+                "screen: no model of the pool lowers any target task's held-out loss below the pretrained "
+                "model's: nothing to merge (check the targets and the pool, or set method.screen=false)"
+            )
+        self.excluded += refused
+        return report
 
     def store_for(self, plan: VertexPlan, resident: Mapping[str, Mapping[str, Tensor]] | None = None) -> VertexStore:
         """The checkpoints ``plan`` reads: the pretrained model and ``resident`` (the start's file)
@@ -153,7 +181,7 @@ def read_pool(modelpool, options: RunOptions, cache_dir: str, clip_only: str | N
     train_sets = load_train_sets(modelpool, targets)
     for task, dataset in train_sets.items():
         if hasattr(dataset, "__len__"):
-            guard_samples = options.guard_samples if options.guard else 0
+            guard_samples = options.guard_samples if options.guard or options.screen else 0
             check_sample_count(task, len(dataset), options.n_per_task, options.allow_fewer_samples, guard_samples)
     conv1d = {n for n, m in template.named_modules() if type(m).__name__ == "Conv1D"}  # (in, out) weights
     models = list(modelpool.model_names)
@@ -208,7 +236,7 @@ def check_sample_count(task: str, n: int, n_per_task: int, allow_fewer: bool, gu
         raise ValueError(
             f"target task {task!r} has {n} training samples; the hold-out guard needs n_per_task + guard_samples = "
             f"{n_per_task} + {guard_samples} distinct ones: lower method.n_per_task or method.guard_samples, "
-            "or set method.guard=false"
+            "or set method.guard=false and method.screen=false"
         )
     if n < n_per_task:
         if not allow_fewer:

@@ -54,16 +54,19 @@ class Start:
         """Whether the start is a FusionBench method's merge, still to be computed."""
         return self.init not in INITS
 
-    def resolved(self, modelpool, cache_dir: str) -> Start:
-        """The start with a FusionBench method's merge computed (written under ``cache_dir``): an
-        ``init=file`` start from it. Any other start as it is."""
+    def resolved(self, modelpool, cache_dir: str, members: Sequence[str] | None = None) -> Start:
+        """The start with a FusionBench method's merge computed (written under ``cache_dir``) over the
+        run's ``members`` (the pool's models the run keeps; null: all): an ``init=file`` start from it.
+        Any other start as it is."""
         if not self.from_method:
             return self
         from dataclasses import replace
 
         from .method_start import merge_start
+        from .modelpool import subpool
 
-        return replace(self, init="file", path=merge_start(modelpool, self.init, self.method_options, cache_dir))
+        models = subpool(modelpool, members) if members is not None else modelpool
+        return replace(self, init="file", path=merge_start(models, self.init, self.method_options, cache_dir))
 
     def check(self, pool_models: Sequence[str]) -> None:
         """Before anything heavy: ``init_path`` exists, and ``init_models`` names models of the pool.

@@ -62,14 +62,16 @@ RECORD = os.environ.get("FW_RECORD_BEHAVIOUR_LOCK") == "1"
 # options guard / guard_samples (off by default: every config gains the two keys, nothing else changed,
 # the tensors file is byte-identical). Then the sketched LMO's options lmo_sketch / lmo_recheck (off by
 # default: every config gains the two keys, written into the json by a script rather than re-run, so that
-# no other byte moved; the tensors file is unchanged). A re-record changes
+# no other byte moved; the tensors file is unchanged). Then the screen's option screen (off by default:
+# every config gains the keys screen and screen_share, written in by a script the same way; the tensors
+# file is unchanged). A re-record changes
 # these hashes: it must edit them here, in a commit that names itself and says why.
 RECORDED_AT = (
     "26ec2d5 (FW code of 5292c8e + f56128f); re-recorded for FW-soft's inner_lr default and init_options, "
-    "for the options guard and guard_samples, and for lmo_sketch and lmo_recheck"
+    "for the options guard and guard_samples, for lmo_sketch and lmo_recheck, and for screen and screen_share"
 )
 GOLDEN_SHA256 = {
-    "behaviour_lock.json": "411442a1a3df1bb3ea52d8a2df99a64f96830c0ebad7ac7a7f153a9f1e45fdb0",
+    "behaviour_lock.json": "818c9c62a57871f365de131130410ae3cb53a08d790d44bb68cf7fcc00fc9cca",
     "behaviour_lock.safetensors": "a0beedcdf3b111a127f7629025be6048033971ddfc4d2a41c3e936ddf4d41e49",
 }
 RTOL, ATOL = 1e-4, 1e-7  # see the module docstring

@@ -170,3 +170,51 @@ def test_a_rejected_layer_wise_step_ends_the_run_where_it_stood():
     assert history.iterations[0].step_size == 0.0 and history.iterations[0].guard["refused"] == []
     for k, v in models["_pretrained_"].items():  # the step was undone
         assert torch.equal(guarded.params[k], v)
+
+
+class _TableHoldout:
+    """A held-out objective whose per-task losses are a table indexed by the model's one tensor."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def task_losses(self, params):
+        return dict(self.table[int(params["id"])])
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("share", [0.5, 0.2, 1.0])
+def test_the_screen_keeps_exactly_the_models_with_a_fair_share_of_the_best_drop(seed, share):
+    """Against the rule written out in float64, target by target: kept iff on some task the model's
+    drop below the pretrained loss is positive and at least ``share`` of the best model's drop there."""
+    from fusion_bench_fw.core.guard import screen_candidates
+
+    g = torch.Generator().manual_seed(seed)
+    tasks = ["a", "b", "c"]
+    base = {t: 1.0 + float(torch.rand(1, generator=g)) for t in tasks}
+    table = {0: base}
+    for m in range(1, 9):
+        table[m] = {t: float(base[t] + torch.randn(1, generator=g).clamp(-1, 1)) for t in tasks}
+    table[8] = dict(base)  # no change anywhere: refused
+    names = [f"m{m}" for m in range(1, 9)]
+    report = screen_candidates(
+        _TableHoldout(table), {"id": torch.tensor(0)}, lambda n: {"id": torch.tensor(int(n[1:]))}, names, share
+    )
+    drops = {n: {t: base[t] - table[int(n[1:])][t] for t in tasks} for n in names}
+    best = {t: max(d[t] for d in drops.values()) for t in tasks}
+    expected = [n for n in names if any(drops[n][t] > 0 and drops[n][t] >= share * best[t] for t in tasks)]
+    assert report["kept"] == expected
+    assert [r["model"] for r in report["refused"]] == [n for n in names if n not in expected]
+    assert report["pretrained"] == base and report["losses"]["m3"] == table[3]
+
+
+def test_the_screen_refuses_a_model_that_only_flattens_a_confidently_wrong_prediction():
+    """The case the share is for: the pretrained model is confidently wrong (high loss), a noise-trained
+    model predicts near-uniformly (lower loss, no skill), the target's own model is right."""
+    from fusion_bench_fw.core.guard import screen_candidates
+
+    table = {0: {"t": 2.7}, 1: {"t": 0.4}, 2: {"t": 2.2}}  # pretrained, own model, noise-trained
+    report = screen_candidates(
+        _TableHoldout(table), {"id": torch.tensor(0)}, lambda n: {"id": torch.tensor(int(n[1:]))}, ["m1", "m2"]
+    )
+    assert report["kept"] == ["m1"] and report["refused"][0]["model"] == "m2"
