@@ -131,6 +131,19 @@ def _no_worse(exp: str, method: str, last: int, tolerance: float = TOLERANCE):
     return decide
 
 
+def _screen_keeps_only_targets(data: dict) -> tuple[bool, str]:
+    """A screen report keeps the targets and refuses every other model: a screened run on that pool
+    then merges exactly the targets' models, the same run as on the targets alone."""
+    report = data["screen"]
+    kept, refused = report["kept"], {r["model"]: r["share"] for r in report["refused"]}
+    worst = max(refused.values(), default=0.0)
+    ok = bool(refused) and kept == data["targets"]
+    return (
+        ok,
+        f"kept {len(kept)} ({', '.join(kept)}), refused {len(refused)} (best share {worst:.2f}, bar {report['share']:g})",
+    )
+
+
 def _above(a: dict, b: dict, method: str, rival: str) -> tuple[bool, str]:
     """Row ``a``'s average above row ``b``'s by more than the spread: the larger standard deviation
     over builds where the rows have several, else :data:`TOLERANCE`."""
@@ -237,6 +250,30 @@ CLAIMS = (
         "validation splits, one build)",
         ("guard_noisy_val/scaling.json",),
         _no_worse("noisy", "fw_hard_guard", 16),
+    ),
+    Claim(
+        "With the screen, adding noise-trained models does not hurt FW-soft (mini, 4 targets + 16, validation "
+        "splits, one build; the screen's bar was set after seeing this pool's shares)",
+        ("screen_noisy_val/scaling.json",),
+        _no_worse("noisy", "fw_soft_screen", 16),
+    ),
+    Claim(
+        "With the screen, adding noise-trained models does not hurt FW-hard (mini, 4 targets + 16, validation "
+        "splits, one build; the screen's bar was set after seeing this pool's shares)",
+        ("screen_noisy_val/scaling.json",),
+        _no_worse("noisy", "fw_hard_screen", 16),
+    ),
+    Claim(
+        "With the screen, adding noise-trained models does not hurt FW-soft from TSV-M's merge (mini, 4 targets "
+        "+ 16, validation splits, one build; the bar was set after seeing this pool's shares)",
+        ("screen_noisy_val/scaling.json",),
+        _no_worse("noisy", "fw_soft_from_tsv_m_screen", 16),
+    ),
+    Claim(
+        "With the screen, irrelevant text models stay out of every FW run (MiniLM, 4 targets + 5: the screen "
+        "keeps the 4 targets' models only, so the run is the one without them; held-out train samples, one build)",
+        ("screen_text_probe/screen.json",),
+        _screen_keeps_only_targets,
     ),
     Claim(
         "Adding irrelevant text models does not hurt FW-hard (MiniLM, 4 targets + 5)",
