@@ -37,18 +37,16 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _perf import VIT_B32, build_pool, candidate_names, machine, page_cache_bandwidth, write_report  # noqa: E402
-
-# --quick: a tower small enough to build and score in seconds (tensors of 64 to 8192 entries)
-TINY_VISION = dict(
+from _perf import (  # noqa: E402
+    TINY_VISION,  # --quick
     VIT_B32,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    image_size=32,
-    patch_size=8,
+    build_pool,
+    candidate_names,
+    machine,
+    page_cache_bandwidth,
+    write_report,
 )
+
 TARGETS = 4  # FW-soft's per-target selection: one gradient per target
 START = 0.3  # the Task Arithmetic start, FW-hard's
 
