@@ -36,6 +36,9 @@ GRIDS: dict[str, list[dict[str, object]]] = {
     ),
 }
 GRIDS["fw_hard_guard"], GRIDS["fw_soft_guard"] = GRIDS["fw_hard"], GRIDS["fw_soft"]  # the same knobs, guarded
+# the same knobs, screened (method.screen=true)
+GRIDS["fw_hard_screen"], GRIDS["fw_soft_screen"] = GRIDS["fw_hard"], GRIDS["fw_soft"]
+GRIDS["fw_soft_from_tsv_m_screen"] = GRIDS["fw_soft_from_tsv_m"]
 # Task Arithmetic with its scaling factor chosen on the labelled samples FW optimises on (each
 # target's n_per_task seeded train samples), not on validation: the data-matched baseline
 DATA_MATCHED = {"task_arithmetic_fw_samples": "task_arithmetic"}
