@@ -347,6 +347,12 @@ CLAIMS = (
         _tuned_vs("fw_soft_from_tsv_m", "tsv_m"),
     ),
     Claim(
+        "On the 4-of-20 pool FW-soft from TSV-M's merge with the screen beats TSV-M with alpha tuned on validation "
+        "(mini_TALL20's models, 4 targets, one build)",
+        ("fw_screen_mini_TALL20_TA4/tuning.json", "tune_mini_TALL20_TA4/tuning.json"),
+        _tuned_vs("fw_soft_from_tsv_m_screen", "tsv_m"),
+    ),
+    Claim(
         "FW-hard (default) beats Task Arithmetic(0.3) on mini_TA8, beyond the spread over 3 builds",
         ("leaderboard_mini_TA8_builds/leaderboard.json",),
         _beats("fw_hard", "task_arithmetic"),
